@@ -1,0 +1,214 @@
+"""Read: recognise a checkpoint by its bytes and read its tensors.
+
+:func:`sniff_format` names the format from magic bytes and structure, never
+from the file name; :data:`READERS` maps each format to its reader. Anything
+unreadable raises :class:`~zooload.errors.FormatError` saying what the file
+looks like instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+
+from zooload.errors import FormatError
+from zooload.formats import safetensors_file, torch_pickle, torchscript
+from zooload.formats.common import StateDict, StateDictReader
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "READERS",
+    "CheckpointFormat",
+    "StateDict",
+    "read_state_dict",
+    "sniff_format",
+]
+
+_HEAD_BYTES = 512
+_LEGACY_PICKLE_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+_EXPECTED = "a checkpoint (safetensors, torch zip, legacy torch or TorchScript)"
+
+
+class CheckpointFormat(str, enum.Enum):
+    """The checkpoint formats zooload reads."""
+
+    SAFETENSORS = "safetensors"
+    TORCH_ZIP = "torch-zip"
+    TORCH_LEGACY = "torch-legacy"
+    TORCHSCRIPT = "torchscript"
+
+
+READERS: dict[CheckpointFormat, StateDictReader] = {
+    CheckpointFormat.SAFETENSORS: safetensors_file.read,
+    CheckpointFormat.TORCH_ZIP: torch_pickle.read,
+    CheckpointFormat.TORCH_LEGACY: torch_pickle.read,
+    CheckpointFormat.TORCHSCRIPT: torchscript.read,
+}
+
+
+def sniff_format(path: Path) -> CheckpointFormat:
+    """Name the checkpoint format of ``path`` from its content.
+
+    Parameters
+    ----------
+    path
+        A file.
+
+    Returns
+    -------
+    CheckpointFormat
+
+    Raises
+    ------
+    FormatError
+        When the file is none of the formats; the message says what it looks
+        like (an HTML page, a Git LFS pointer, an empty file, an archive...).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "w.pt")
+    ...     torch.save({"w": torch.ones(1)}, path)
+    ...     sniff_format(path).value
+    'torch-zip'
+    """
+    with path.open("rb") as stream:
+        head = stream.read(_HEAD_BYTES)
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_format(path)
+    if head.startswith(_LEGACY_PICKLE_MAGIC):
+        return CheckpointFormat.TORCH_LEGACY
+    if _looks_like_safetensors(head, path.stat().st_size):
+        return CheckpointFormat.SAFETENSORS
+    raise FormatError(str(path), _EXPECTED, describe_bytes(head), _next_step(head))
+
+
+def read_state_dict(
+    path: Path, *, map_location: str | torch.device = "cpu", trust_pickle: bool = False
+) -> StateDict:
+    """Read the tensors of a checkpoint file, choosing the reader by content.
+
+    Parameters
+    ----------
+    path
+        A checkpoint file.
+    map_location
+        Device for the tensors.
+    trust_pickle
+        Allow pickles to build any object (runs code from the file); off by
+        default, when only weights-only unpickling is used.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+
+    Raises
+    ------
+    FormatError
+        When the file is not a readable checkpoint.
+    UnsafeCheckpointError
+        When a pickle needs globals that weights-only unpickling refuses.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "w.pt")
+    ...     torch.save({"w": torch.ones(2)}, path)
+    ...     read_state_dict(path)["w"].tolist()
+    [1.0, 1.0]
+    """
+    checkpoint_format = sniff_format(path)
+    logger.debug("reading %s as %s", path, checkpoint_format.value)
+    tensors = READERS[checkpoint_format](
+        path, map_location=map_location, trust_pickle=trust_pickle
+    )
+    logger.info("read %d tensors from %s", len(tensors), path.name)
+    return tensors
+
+
+def _zip_format(path: Path) -> CheckpointFormat:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        hint = "The file is truncated or damaged; download it again."
+        raise FormatError(str(path), _EXPECTED, f"a damaged zip ({err})", hint) from err
+    tails = {"/".join(name.split("/")[1:]) for name in names}
+    if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
+        return CheckpointFormat.TORCHSCRIPT
+    if "data.pkl" in tails:
+        return CheckpointFormat.TORCH_ZIP
+    hint = "Extract it and point zooload at the checkpoint inside."
+    raise FormatError(str(path), _EXPECTED, "a zip archive of other files", hint)
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (header_length,) = struct.unpack("<Q", head[:8])
+    if header_length > min(size - 8, _SAFETENSORS_MAX_HEADER):
+        return False
+    return head[8:9] == b"{"
+
+
+def describe_bytes(head: bytes) -> str:
+    """Say in words what a file that is no checkpoint seems to be.
+
+    Examples
+    --------
+    >>> describe_bytes(b"<!DOCTYPE html><html>")
+    'an HTML page'
+    >>> describe_bytes(b"")
+    'an empty file'
+    """
+    if not head:
+        return "an empty file"
+    if head[257:262] == b"ustar":
+        return "a tar archive"
+    text = head.lstrip()[:64].lower()
+    for prefix, description in _DESCRIPTIONS:
+        if text.startswith(prefix):
+            return description
+    if head[:8].isascii() and head[8:9] == b"{":
+        return "a truncated safetensors file (its header is cut short)"
+    if _is_json(head):
+        return "a JSON document"
+    return "none of the known formats (first bytes: " + head[:16].hex(" ") + ")"
+
+
+def _is_json(head: bytes) -> bool:
+    try:
+        json.loads(head)
+    except ValueError:
+        return head.lstrip()[:1] in {b"{", b"["}
+    return True
+
+
+def _next_step(head: bytes) -> str:
+    text = head.lstrip()[:64].lower()
+    if text.startswith(b"version https://git-lfs"):
+        return "Run `git lfs pull` in the repository, or download the real file."
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "The server sent a web page: check the URL and any login it needs."
+    if not head:
+        return "The download is empty; download it again."
+    return "Check that the URL or path points at the weights file."
+
+
+_DESCRIPTIONS: tuple[tuple[bytes, str], ...] = (
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the file it points to"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"pk\x05\x06", "an empty zip archive"),
+)

@@ -1,0 +1,271 @@
+"""Describe: the manifest ``zooload.json`` and what an unpacked source holds.
+
+The manifest sits at the root of an archive or folder and says which
+architecture to build, which files hold the weights (with their sha256),
+how to rename the keys, and which example inputs and outputs prove the
+load. Its schema is :class:`Manifest`; ``docs/MANIFEST.md`` documents it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from zooload.errors import ManifestError
+from zooload.hashing import verify_file
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "zooload.json"
+FORMAT_VERSION = 1
+_SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchitectureSpec(_Strict):
+    """A registered architecture name and the keyword arguments to build it."""
+
+    name: str = Field(min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class FileSpec(_Strict):
+    """A file of the archive, relative to its root, with its sha256."""
+
+    path: str = Field(min_length=1)
+    sha256: str = Field(pattern=_SHA256_PATTERN)
+
+    @field_validator("path")
+    @classmethod
+    def _stays_inside(cls, value: str) -> str:
+        posix = PurePosixPath(value)
+        if posix.is_absolute() or ".." in posix.parts or "\\" in value:
+            message = "must be a relative path inside the archive, without '..'"
+            raise ValueError(message)
+        return value
+
+
+class ExamplesSpec(FileSpec):
+    """A safetensors file of example inputs and the outputs they must give."""
+
+    inputs: list[str] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)
+    rtol: float = Field(default=1e-5, ge=0)
+    atol: float = Field(default=1e-6, ge=0)
+
+
+class RenameRule(_Strict):
+    """Replace ``pattern`` (a regular expression) by ``replacement`` in names."""
+
+    pattern: str
+    replacement: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            message = f"is not a valid regular expression: {err}"
+            raise ValueError(message) from err
+        return value
+
+
+class Metadata(BaseModel):
+    """Free information about the model; the named fields are the usual ones."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    license: str | None = None
+    description: str | None = None
+    source: str | None = None
+
+
+class Manifest(_Strict):
+    """The content of ``zooload.json``.
+
+    Examples
+    --------
+    >>> manifest = Manifest.model_validate({
+    ...     "format_version": 1, "name": "demo",
+    ...     "architecture": {"name": "silero-vad-16k"},
+    ...     "weights": [{"path": "weights.safetensors", "sha256": "0" * 64}],
+    ... })
+    >>> manifest.weights[0].path
+    'weights.safetensors'
+    """
+
+    format_version: Literal[1]
+    name: str = Field(min_length=1)
+    architecture: ArchitectureSpec | None = None
+    weights: list[FileSpec] = Field(min_length=1)
+    rename: list[RenameRule] = Field(default_factory=list)
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    examples: ExamplesSpec | None = None
+    metadata: Metadata = Field(default_factory=Metadata)
+
+    def files(self) -> list[FileSpec]:
+        """Every file the manifest names: weights, then examples."""
+        return [*self.weights, *([self.examples] if self.examples else [])]
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a fetched source holds: its root, weight files and manifest."""
+
+    root: Path
+    weights: tuple[Path, ...]
+    manifest: Manifest | None
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and validate a manifest file.
+
+    Parameters
+    ----------
+    path
+        A ``zooload.json`` file.
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ManifestError
+        When the file is not JSON or breaks the schema; ``field`` names the
+        first offending field (for example ``weights.0.sha256``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "zooload.json")
+    ...     _ = path.write_text('{"format_version": 1}')
+    ...     try:
+    ...         read_manifest(path)
+    ...     except ManifestError as err:
+    ...         print(err.field)
+    name
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        message = (
+            f"{path} is not valid JSON ({err}); fix the file or re-pack the model."
+        )
+        raise ManifestError(message) from err
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as err:
+        raise _manifest_error(path, err) from err
+
+
+def _manifest_error(path: Path, err: ValidationError) -> ManifestError:
+    problems = err.errors()
+    first = problems[0]
+    field = ".".join(str(part) for part in first["loc"])
+    lines = [
+        f"  {'.'.join(str(p) for p in problem['loc']) or '(root)'}: {problem['msg']}"
+        for problem in problems
+    ]
+    details = "\n".join(lines)
+    message = (
+        f"{path} is not a valid zooload manifest:\n{details}\n"
+        "Fix these fields (see docs/MANIFEST.md) or re-pack with zooload.pack."
+    )
+    return ManifestError(message, field=field)
+
+
+def verify_manifest_files(root: Path) -> None:
+    """Check that every file a folder's manifest names exists and hashes right.
+
+    Does nothing for a folder without a manifest.
+
+    Raises
+    ------
+    ManifestError
+        When the manifest is invalid or names a file that is absent.
+    HashMismatchError
+        When a file's sha256 differs from the manifest's.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     verify_manifest_files(pathlib.Path(folder))
+    """
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return
+    manifest = read_manifest(manifest_path)
+    for index, spec in enumerate(manifest.files()):
+        path = root / spec.path
+        if not path.is_file():
+            field = (
+                "examples.path"
+                if spec is manifest.examples
+                else f"weights.{index}.path"
+            )
+            message = (
+                f"the manifest names {spec.path!r} ({field}), but the archive has "
+                "no such file. Re-pack the model so that the file is included."
+            )
+            raise ManifestError(message, field=field)
+        verify_file(path, spec.sha256, source=f"{spec.path} (from {MANIFEST_NAME})")
+    logger.debug("verified %d files named by %s", len(manifest.files()), manifest_path)
+
+
+def describe(root: Path) -> Description:
+    """Find the manifest and the weight files of a fetched source.
+
+    Parameters
+    ----------
+    root
+        A bare checkpoint file, or a folder (an extracted archive).
+
+    Returns
+    -------
+    Description
+
+    Raises
+    ------
+    ManifestError
+        When a folder has an invalid manifest, or has no manifest and not
+        exactly one file to treat as the weights.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "weights.pt")
+    ...     _ = path.write_bytes(b"")
+    ...     describe(pathlib.Path(folder)).weights[0].name
+    'weights.pt'
+    """
+    if root.is_file():
+        return Description(root=root.parent, weights=(root,), manifest=None)
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.is_file():
+        manifest = read_manifest(manifest_path)
+        weights = tuple(root / spec.path for spec in manifest.weights)
+        return Description(root=root, weights=weights, manifest=manifest)
+    candidates = sorted(path for path in root.rglob("*") if path.is_file())
+    if len(candidates) != 1:
+        names = ", ".join(str(p.relative_to(root)) for p in candidates[:10]) or "none"
+        message = (
+            f"{root} has no {MANIFEST_NAME} and {len(candidates)} files ({names}); "
+            f"zooload cannot tell which holds the weights. Add a {MANIFEST_NAME} "
+            "(zooload.pack writes one) or point at the weights file itself."
+        )
+        raise ManifestError(message, field="(manifest)")
+    return Description(root=root, weights=(candidates[0],), manifest=None)

@@ -1,0 +1,241 @@
+"""Publish: write a model into an archive that :func:`zooload.load_url` loads.
+
+The archive holds ``weights.safetensors``, an optional ``examples.safetensors``
+(inputs and the outputs the model gives on them) and ``zooload.json`` naming
+both with their sha256. Everything is written to a temporary name beside the
+destination and renamed into place, so a failed pack leaves no half archive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from zooload.architectures import (
+    Factory,
+    build_without_parameters,
+    resolve_architecture,
+)
+from zooload.errors import ConfigError
+from zooload.hashing import file_digest
+from zooload.loading import load_into
+from zooload.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
+from zooload.mapping import RenameRules
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "weights.safetensors"
+EXAMPLES_NAME = "examples.safetensors"
+Inputs = torch.Tensor | Sequence[torch.Tensor]
+
+
+def pack(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    dest: str | os.PathLike[str],
+    *,
+    arch: str,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    example_inputs: Inputs | None = None,
+    rename: RenameRules | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write a model archive that :func:`zooload.load_url` can load and verify.
+
+    Parameters
+    ----------
+    model_or_state_dict
+        A module, or a state dict (keys as the checkpoint has them; ``rename``
+        maps them onto the architecture at load time).
+    dest
+        ``*.tar.gz``/``*.tgz`` or ``*.zip`` for an archive, any other path
+        for a folder.
+    arch
+        The registered architecture name to record in the manifest.
+    arch_kwargs
+        Keyword arguments for the architecture.
+    example_inputs
+        A tensor or a sequence of tensors; the outputs the model computes on
+        them are stored beside them and checked on every load.
+    rename
+        Ordered ``(pattern, replacement)`` rules from the state dict's names
+        to the architecture's.
+    metadata
+        Free information: ``license``, ``description``, ``source``, ...
+    name
+        The model's name; defaults to ``arch``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest``.
+
+    Raises
+    ------
+    ConfigError
+        When the destination exists, or the arguments do not form a valid
+        manifest.
+    IncompatibleStateDictError
+        When example outputs are asked for and the state dict does not fit
+        the architecture.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch, zooload
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model = zooload.zoo.silero_vad.SileroVad16k()
+    ...     dest = pathlib.Path(folder, "vad.tar.gz")
+    ...     pack(model, dest, arch="silero-vad-16k").name
+    'vad.tar.gz'
+    """
+    target = Path(dest)
+    if target.exists():
+        message = f"{target} exists already; remove it or choose another name."
+        raise ConfigError(message)
+    kwargs = dict(arch_kwargs or {})
+    rules = [(str(getattr(p, "pattern", p)), r) for p, r in rename or ()]
+    state_dict = _state_dict_of(model_or_state_dict)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pack-") as staging:
+        folder = Path(staging, "content")
+        folder.mkdir()
+        save_file(_storable(state_dict), folder / WEIGHTS_NAME)
+        document = _manifest(name or arch, arch, kwargs, rules, metadata, folder)
+        if example_inputs is not None:
+            model = _model_for_examples(model_or_state_dict, arch, kwargs, rules)
+            document["examples"] = _write_examples(model, example_inputs, folder)
+        _validated(document)
+        (folder / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n")
+        _write_destination(folder, target, staging)
+    logger.info("packed %s (%d tensors) into %s", arch, len(state_dict), target)
+    return target
+
+
+def _state_dict_of(
+    source: nn.Module | Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    if isinstance(source, nn.Module):
+        return dict(source.state_dict())
+    return dict(source)
+
+
+def _storable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each with storage of its own (safetensors' rule)."""
+    stored: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in state_dict.items():
+        plain = tensor.detach().cpu().contiguous()
+        pointer = plain.untyped_storage().data_ptr()
+        stored[key] = plain.clone() if pointer in seen else plain
+        seen.add(pointer)
+    return stored
+
+
+def _manifest(
+    name: str,
+    arch: str,
+    kwargs: dict[str, Any],
+    rules: list[tuple[str, str]],
+    metadata: Mapping[str, Any] | None,
+    folder: Path,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "architecture": {"name": arch, "kwargs": kwargs},
+        "weights": [
+            {"path": WEIGHTS_NAME, "sha256": file_digest(folder / WEIGHTS_NAME)}
+        ],
+        "rename": [{"pattern": p, "replacement": r} for p, r in rules],
+        "metadata": dict(metadata or {}),
+    }
+
+
+def _model_for_examples(
+    source: nn.Module | Mapping[str, torch.Tensor],
+    arch: str,
+    kwargs: dict[str, Any],
+    rules: list[tuple[str, str]],
+) -> nn.Module:
+    if isinstance(source, nn.Module) and not rules:
+        return source
+    factory: Factory = resolve_architecture(arch)
+    model = build_without_parameters(factory, kwargs)
+    load_into(model, _state_dict_of(source), rename=rules)
+    return model
+
+
+def _write_examples(model: nn.Module, inputs: Inputs, folder: Path) -> dict[str, Any]:
+    given = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        result = model(*given)
+    model.train(was_training)
+    outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
+    tensors = {f"input.{i}": t for i, t in enumerate(given)}
+    tensors |= {f"output.{i}": t for i, t in enumerate(outputs)}
+    save_file(_storable(tensors), folder / EXAMPLES_NAME)
+    return {
+        "path": EXAMPLES_NAME,
+        "sha256": file_digest(folder / EXAMPLES_NAME),
+        "inputs": [f"input.{i}" for i in range(len(given))],
+        "outputs": [f"output.{i}" for i in range(len(outputs))],
+    }
+
+
+def _validated(document: dict[str, Any]) -> None:
+    try:
+        Manifest.model_validate(document)
+    except ValueError as err:
+        message = f"these arguments do not make a valid manifest: {err}"
+        raise ConfigError(message) from err
+
+
+def _write_destination(folder: Path, target: Path, staging: str) -> None:
+    writer = _WRITERS.get(_archive_suffix(target))
+    if writer is None:
+        shutil.copytree(folder, Path(staging, "folder"))
+        Path(staging, "folder").rename(target)
+        return
+    partial = Path(staging, "archive")
+    writer(folder, partial)
+    partial.replace(target)
+
+
+def _archive_suffix(target: Path) -> str:
+    name = target.name.lower()
+    for suffix in _WRITERS:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def _write_tar_gz(folder: Path, archive: Path) -> None:
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+
+
+def _write_zip(folder: Path, archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(folder.iterdir()):
+            zipped.write(path, arcname=path.name)
+
+
+_WRITERS: dict[str, Callable[[Path, Path], None]] = {
+    ".tar.gz": _write_tar_gz,
+    ".tgz": _write_tar_gz,
+    ".zip": _write_zip,
+}

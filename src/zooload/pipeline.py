@@ -1,0 +1,357 @@
+"""The main job: :func:`load_url` and :func:`fetch`, stage after stage.
+
+Each stage lives in its own module; this one only strings them together:
+fetch (:mod:`zooload.fetching`), unpack (:mod:`zooload.archive`), describe
+(:mod:`zooload.manifest`), build (:mod:`zooload.architectures`), read
+(:mod:`zooload.formats`), load (:mod:`zooload.loading`) and check
+(:mod:`zooload.checks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zooload.architectures import (
+    Factory,
+    build_without_parameters,
+    resolve_architecture,
+)
+from zooload.archive import ArchiveKind, extract_to_cache, sniff_archive
+from zooload.cache import Cache
+from zooload.checks import ExampleResult, check_examples, check_materialised
+from zooload.errors import (
+    ArchiveError,
+    ConfigError,
+    IntegrityError,
+    ManifestError,
+    StateDictError,
+)
+from zooload.fetching import Blob, fetch_blob, parse_location
+from zooload.formats import CheckpointFormat, StateDict, read_state_dict, sniff_format
+from zooload.formats.torchscript import load_program
+from zooload.loading import LoadReport, load_into
+from zooload.manifest import Description, Manifest, describe, verify_manifest_files
+
+logger = logging.getLogger(__name__)
+
+PathOrUrl = str | os.PathLike[str]
+_UNPACK_FAILURES = (ArchiveError, ManifestError, IntegrityError)
+
+
+def fetch(
+    url: PathOrUrl,
+    *,
+    sha256: str | None = None,
+    cache_dir: PathOrUrl | None = None,
+    progress: bool | None = None,
+    extract: bool = True,
+) -> Path:
+    """Download, verify and unpack ``url``; return the local file or folder.
+
+    Parameters
+    ----------
+    url
+        ``http(s)://`` or ``file://`` URL, or a local path. A URL may pin its
+        content with a ``#sha256=<hex>`` fragment.
+    sha256
+        The expected sha256 of the bytes; a pinned URL that is cached opens
+        no connection.
+    cache_dir
+        Cache root; defaults to ``$ZOOLOAD_CACHE`` or the user cache folder.
+    progress
+        Progress bar on stderr: ``None`` shows it when stderr is a terminal.
+    extract
+        Unpack archives (tar, tar.gz/bz2/xz, zip) into the cache; when false,
+        return the downloaded file as it is.
+
+    Returns
+    -------
+    pathlib.Path
+        The verified file, or the folder an archive was extracted into.
+
+    Raises
+    ------
+    DownloadError
+        When the bytes cannot be had; ``status`` holds the HTTP status.
+    IntegrityError
+        When the bytes differ from the pin (nothing is cached).
+    ArchiveError
+        When an archive is corrupt or a member unsafe (nothing is extracted).
+    ManifestError
+        When an archive's manifest is invalid or names an absent file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "weights.bin")
+    ...     _ = path.write_bytes(b"abc")
+    ...     fetch(path, cache_dir=folder) == path
+    True
+    """
+    location = parse_location(url, sha256)
+    cache = Cache.open(cache_dir)
+    blob = fetch_blob(location, cache, progress=progress)
+    return _unpack(blob, cache) if extract else blob.path
+
+
+def _unpack(blob: Blob, cache: Cache) -> Path:
+    if sniff_archive(blob.path) is ArchiveKind.FILE:
+        return blob.path
+    try:
+        return extract_to_cache(
+            blob.path, blob.sha256, cache, validate=verify_manifest_files
+        )
+    except _UNPACK_FAILURES:
+        # Bytes that can never be unpacked are not worth keeping: a later call
+        # would fail the same way, or, for an unpinned URL, find them current.
+        if blob.in_cache:
+            cache.forget(blob.url, blob.sha256)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """A loaded model and the account of how it was loaded.
+
+    Attributes
+    ----------
+    model
+        The ready model (eval mode, on the requested device).
+    report
+        What the weights step did; ``None`` for a TorchScript program, which
+        carries its own weights.
+    path
+        The cached file or extracted folder the model came from.
+    manifest
+        The archive's manifest, if it had one.
+    example
+        The example check's result, if one ran.
+    seconds
+        Wall time of each stage: ``fetch``, ``build``, ``load``, ``check``.
+    """
+
+    model: nn.Module
+    report: LoadReport | None
+    path: Path
+    manifest: Manifest | None
+    example: ExampleResult | None
+    seconds: dict[str, float]
+
+
+def load_url(
+    url: PathOrUrl,
+    *,
+    arch: str | Factory | None = None,
+    sha256: str | None = None,
+    map_location: str | torch.device = "cpu",
+    strict: bool = True,
+    check: bool = True,
+    cache_dir: PathOrUrl | None = None,
+    progress: bool | None = None,
+    **arch_kwargs: Any,
+) -> nn.Module:
+    """Turn a URL into a ready model: fetch, verify, unpack, build, load, check.
+
+    Parameters
+    ----------
+    url
+        An archive with a ``zooload.json`` manifest, a TorchScript file, or a
+        bare checkpoint (which needs ``arch=``): ``http(s)://``, ``file://``
+        or a local path, optionally ending in ``#sha256=<hex>``.
+    arch
+        A registered architecture name, a class or a factory; overrides the
+        manifest's.
+    sha256
+        The expected sha256 of the downloaded bytes.
+    map_location
+        Device of the returned model.
+    strict
+        Refuse weights that do not fit exactly (the default).
+    check
+        Run the manifest's example inputs and compare the outputs.
+    cache_dir
+        Cache root; defaults to ``$ZOOLOAD_CACHE`` or the user cache folder.
+    progress
+        Progress bar on stderr: ``None`` shows it when stderr is a terminal.
+    **arch_kwargs
+        Keyword arguments for the architecture, over the manifest's.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode on ``map_location``; a TorchScript module when the
+        source is a TorchScript program and no ``arch`` is given.
+
+    Raises
+    ------
+    ZooloadError
+        Every failure is one of its subclasses: ``DownloadError``,
+        ``IntegrityError``, ``ArchiveError``, ``ManifestError``,
+        ``FormatError``, ``UnsafeCheckpointError``,
+        ``UnknownArchitectureError``, ``IncompatibleStateDictError``,
+        ``VerificationError``, ``ConfigError``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "linear.pt")
+    ...     torch.save(torch.nn.Linear(2, 1).state_dict(), path)
+    ...     model = load_url(path, arch=torch.nn.Linear, in_features=2,
+    ...                      out_features=1, cache_dir=folder)
+    ...     model.weight.shape
+    torch.Size([1, 2])
+    """
+    result = load(
+        url,
+        arch=arch,
+        sha256=sha256,
+        map_location=map_location,
+        strict=strict,
+        check=check,
+        cache_dir=cache_dir,
+        progress=progress,
+        **arch_kwargs,
+    )
+    return result.model
+
+
+def load(
+    url: PathOrUrl,
+    *,
+    arch: str | Factory | None = None,
+    sha256: str | None = None,
+    map_location: str | torch.device = "cpu",
+    strict: bool = True,
+    check: bool = True,
+    cache_dir: PathOrUrl | None = None,
+    progress: bool | None = None,
+    **arch_kwargs: Any,
+) -> LoadResult:
+    """Do what :func:`load_url` does, and return the model with its account.
+
+    Takes the same arguments as :func:`load_url` and raises the same errors.
+
+    Returns
+    -------
+    LoadResult
+        The model, the load report, the source path, the manifest, the
+        example check's result and the time of each stage.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "linear.pt")
+    ...     torch.save(torch.nn.Linear(2, 1).state_dict(), path)
+    ...     result = load(path, arch=torch.nn.Linear, in_features=2,
+    ...                   out_features=1, cache_dir=folder)
+    ...     result.report.loaded
+    ('weight', 'bias')
+    """
+    clock = _StageClock()
+    root = fetch(url, sha256=sha256, cache_dir=cache_dir, progress=progress)
+    description = describe(root)
+    clock.lap("fetch")
+    factory, kwargs = _architecture(description, arch, arch_kwargs)
+    report: LoadReport | None = None
+    if factory is None:
+        model: nn.Module = load_program(
+            description.weights[0], map_location=map_location
+        )
+        clock.lap("load")
+    else:
+        model = build_without_parameters(factory, kwargs)
+        clock.lap("build")
+        report = _load_weights(model, description, strict=strict)
+        model = model.to(map_location).eval()
+        clock.lap("load")
+    example = _check(model, description, check=check)
+    clock.lap("check")
+    logger.info("loaded %s in %.3f s", type(model).__name__, clock.total)
+    return LoadResult(model, report, root, description.manifest, example, clock.laps)
+
+
+@dataclass(slots=True)
+class _StageClock:
+    """Wall time of each pipeline stage."""
+
+    laps: dict[str, float] = field(default_factory=dict)
+    mark: float = field(default_factory=time.perf_counter)
+    total: float = 0.0
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = now - self.mark
+        self.total += now - self.mark
+        self.mark = now
+
+
+def _architecture(
+    description: Description, arch: str | Factory | None, arch_kwargs: dict[str, Any]
+) -> tuple[Factory | None, dict[str, Any]]:
+    """The factory and its arguments; ``None`` for a TorchScript program."""
+    spec = description.manifest.architecture if description.manifest else None
+    if arch is not None:
+        return resolve_architecture(arch), dict(arch_kwargs)
+    if spec is not None:
+        return resolve_architecture(spec.name), {**spec.kwargs, **arch_kwargs}
+    weights = description.weights
+    if len(weights) == 1 and sniff_format(weights[0]) is CheckpointFormat.TORCHSCRIPT:
+        return None, {}
+    message = (
+        f"{weights[0].name} holds weights but does not say which architecture "
+        "they belong to; pass arch= (a registered name, a class or a factory), "
+        "or load an archive whose zooload.json names it."
+    )
+    raise ConfigError(message)
+
+
+def _load_weights(
+    model: nn.Module, description: Description, *, strict: bool
+) -> LoadReport:
+    manifest = description.manifest
+    if manifest and manifest.dtype:
+        model.to(getattr(torch, manifest.dtype))
+    tensors = _read_weights(description.weights)
+    rules = (
+        [(rule.pattern, rule.replacement) for rule in manifest.rename]
+        if manifest
+        else []
+    )
+    report = load_into(model, tensors, strict=strict, rename=rules)
+    logger.debug("load report:\n%s", report)
+    return report
+
+
+def _read_weights(paths: tuple[Path, ...]) -> StateDict:
+    tensors: StateDict = {}
+    for path in paths:
+        for name, tensor in read_state_dict(path).items():
+            if name in tensors:
+                message = (
+                    f"{name!r} appears in more than one weight file (again in "
+                    f"{path.name}); list each tensor in one file only."
+                )
+                raise StateDictError(message)
+            tensors[name] = tensor
+    return tensors
+
+
+def _check(
+    model: nn.Module, description: Description, *, check: bool
+) -> ExampleResult | None:
+    check_materialised(model)
+    examples = description.manifest.examples if description.manifest else None
+    if not check or examples is None:
+        return None
+    return check_examples(model, description.root / examples.path, examples)

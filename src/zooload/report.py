@@ -1,0 +1,102 @@
+"""Render a :class:`~zooload.loading.LoadReport` as a table for people.
+
+Names that differ only by layer indices are collapsed (``layers.{0..11}.q``)
+so that the report of a model with hundreds of tensors stays readable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zooload.loading import LoadReport
+
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
+
+
+def render_report(report: LoadReport) -> str:
+    """Return the report as aligned text, one section per outcome.
+
+    Examples
+    --------
+    >>> from zooload.loading import LoadReport
+    >>> print(render_report(LoadReport(loaded=("a.0.w", "a.1.w"), missing=("b",))))
+    loaded      2  a.{0..1}.w
+    missing     1  b
+    """
+    rows = [
+        ("loaded", collapse_names(report.loaded)),
+        ("missing", collapse_names(report.missing)),
+        ("unexpected", collapse_names(report.unexpected)),
+        ("mismatched", _pairs(report.mismatched, "checkpoint", "model")),
+        ("skipped", collapse_names(report.skipped)),
+        ("renamed", [f"{old} -> {new}" for old, new in report.renamed.items()]),
+        ("cast", [f"{name}: {a} -> {b}" for name, (a, b) in report.cast.items()]),
+    ]
+    counts = {
+        "loaded": len(report.loaded),
+        "missing": len(report.missing),
+        "unexpected": len(report.unexpected),
+        "mismatched": len(report.mismatched),
+        "skipped": len(report.skipped),
+        "renamed": len(report.renamed),
+        "cast": len(report.cast),
+    }
+    lines = []
+    for title, entries in rows:
+        for position, entry in enumerate(entries):
+            label = f"{title:<10} {counts[title]:>2}" if position == 0 else " " * 13
+            lines.append(f"{label}  {entry}")
+    return "\n".join(lines) if lines else "nothing to load"
+
+
+def _pairs(
+    mismatched: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    left: str,
+    right: str,
+) -> list[str]:
+    return [
+        f"{name}: {left} {list(a)} vs {right} {list(b)}"
+        for name, (a, b) in mismatched.items()
+    ]
+
+
+def collapse_names(names: Iterable[str]) -> list[str]:
+    """Collapse names that differ only in one layer index into ranges.
+
+    Examples
+    --------
+    >>> collapse_names(["h.0.w", "h.1.w", "h.2.w", "head.w"])
+    ['h.{0..2}.w', 'head.w']
+    >>> collapse_names(["h.0.w", "h.2.w"])
+    ['h.{0,2}.w']
+    """
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    for name in names:
+        match = _INDEX.search(name)
+        if match is None:
+            key, index = name, -1
+        else:
+            key = name[: match.start()] + "{}" + name[match.end() :]
+            index = int(match.group())
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(index)
+    return [_render_group(key, groups[key]) for key in order]
+
+
+def _render_group(key: str, indices: list[int]) -> str:
+    if indices == [-1]:
+        return key
+    if len(indices) == 1:
+        return key.replace("{}", str(indices[0]), 1)
+    ordered = sorted(indices)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        span = f"{ordered[0]}..{ordered[-1]}"
+    else:
+        span = ",".join(str(i) for i in ordered)
+    return key.replace("{}", "{" + span + "}", 1)

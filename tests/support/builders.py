@@ -1,0 +1,42 @@
+"""Small builders and probes the tests share: archives, digests, cache walks."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import torch
+
+
+def sha256_of(data: bytes) -> str:
+    """The hex sha256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
+    """A tar archive (gzip by default) holding regular files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def cache_files(cache: Path) -> list[str]:
+    """Every file and folder in a cache, except lock files, relative to it."""
+    if not cache.exists():
+        return []
+    return sorted(
+        str(path.relative_to(cache))
+        for path in cache.rglob("*")
+        if "locks" not in path.parts and not path.is_dir()
+    )
+
+
+def tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Same names, and every tensor equal bit for bit."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
