@@ -67,7 +67,10 @@ class ArchiveKind(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ExtractionLimits:
-    """Bounds on what one archive may extract; see ``docs/SECURITY.md``."""
+    """Bounds on what one archive may extract; see ``docs/SECURITY.md``.
+
+    There is no bound on the compression ratio yet (KL-005).
+    """
 
     max_members: int = 100_000
     max_total_bytes: int = 256 * 1024**3

@@ -41,7 +41,10 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    """Verified bytes on disk, with their digest and where they came from."""
+    """Verified bytes on disk, with their digest and where they came from.
+
+    A local folder is a blob too, read in place; its ``sha256`` is empty.
+    """
 
     path: Path
     sha256: str
@@ -145,9 +148,16 @@ def fetch_blob(location: Location, cache: Cache, *, progress: bool | None) -> Bl
 
 
 def _read_local(location: Location) -> Blob:
+    # Local files are hashed on every call; nothing records an earlier
+    # verification yet (KL-004).
     path = _local_path(location)
+    if path.is_dir():
+        if location.sha256:
+            message = f"{path} is a folder; a sha256 pin applies to files only."
+            raise ConfigError(message)
+        return Blob(path=path, sha256="", url=location.url, in_cache=False)
     if not path.is_file():
-        message = f"{path} does not exist or is not a file; check the path."
+        message = f"{path} does not exist; check the path."
         raise DownloadError(message, location.url)
     digest = file_digest(path)
     if location.sha256 and digest != location.sha256:

@@ -104,6 +104,9 @@ def fetch(
 
 
 def _unpack(blob: Blob, cache: Cache) -> Path:
+    if blob.path.is_dir():
+        verify_manifest_files(blob.path)
+        return blob.path
     if sniff_archive(blob.path) is ArchiveKind.FILE:
         return blob.path
     try:

@@ -1,4 +1,8 @@
-"""Reader for safetensors files."""
+"""Reader for safetensors files.
+
+The file is read into memory rather than mapped (KL-003 in
+docs/KNOWN_LIMITATIONS.md).
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ interpreted by torch, so loading it needs no opt-in.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from torch import nn
 
 from zooload.errors import FormatError
 from zooload.formats.common import StateDict
+
+_DEPRECATION = r"`torch\.jit\.load` is deprecated"
 
 
 def load_program(path: Path, *, map_location: str | torch.device) -> nn.Module:
@@ -33,9 +36,13 @@ def load_program(path: Path, *, map_location: str | torch.device) -> nn.Module:
     False
     """
     try:
-        program: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
-            str(path), map_location=map_location
-        )
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript in favour of torch.export; loading
+            # a published program is still what the caller asked for (KL-002).
+            warnings.filterwarnings("ignore", _DEPRECATION, DeprecationWarning)
+            program: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(path), map_location=map_location
+            )
     except (RuntimeError, ValueError, OSError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else "error"
         hint = "The file is truncated or damaged; download it again."
