@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from support.builders import cache_files, sha256_of
 
 import zooload
+from support.builders import cache_files, sha256_of
 from zooload.manifest import MANIFEST_NAME
 
 

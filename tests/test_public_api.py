@@ -21,7 +21,8 @@ def test_public_api_every_function_has_a_docstring_with_an_example() -> None:
     for name in zooload.__all__:
         value = getattr(zooload, name)
         if inspect.isfunction(value):
-            assert value.__doc__ and "Examples" in value.__doc__, name
+            assert value.__doc__, name
+            assert "Examples" in value.__doc__, name
 
 
 def test_public_api_every_error_descends_from_the_root() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support.builders import sha256_of
 
 import zooload
+from support.builders import sha256_of
 from zooload.zoo.silero_vad import (
     CHUNK_SAMPLES,
     TORCHSCRIPT_RENAMES,
@@ -91,7 +91,8 @@ def test_torchscript_weights_with_renames_reproduce_the_program_bit_for_bit(
     result = zooload.load(url, cache_dir=cache_dir)
 
     assert isinstance(result.model, SileroVad16k)
-    assert result.report is not None and result.report.ok
+    assert result.report is not None
+    assert result.report.ok
     assert len(result.report.loaded) == 15
     assert (
         result.report.renamed["_model.encoder.0.reparam_conv.weight"] == "conv1.weight"
@@ -99,7 +100,8 @@ def test_torchscript_weights_with_renames_reproduce_the_program_bit_for_bit(
     assert (
         result.report.renamed["_model.stft.forward_basis_buffer"] == "stft_conv.weight"
     )
-    assert result.example is not None and result.example.largest_difference == 0.0
+    assert result.example is not None
+    assert result.example.largest_difference == 0.0
     audio = _audio()
     ours = speech_probabilities(result.model, audio)
     theirs = _torchscript_probabilities(program, audio)

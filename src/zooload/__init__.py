@@ -30,7 +30,7 @@ from zooload.errors import (
 from zooload.loading import LoadReport, load_into
 from zooload.manifest import Manifest
 from zooload.pack import pack
-from zooload.pipeline import LoadResult, fetch, load, load_url
+from zooload.pipeline import LoadResult, fetch, load, load_state_dict, load_url
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "__version__",
     "fetch",
     "load",
+    "load_state_dict",
     "load_into",
     "load_url",
     "pack",

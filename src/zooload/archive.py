@@ -16,6 +16,7 @@ import gzip
 import io
 import logging
 import lzma
+import posixpath
 import shutil
 import tarfile
 import zipfile
@@ -84,6 +85,7 @@ class _Extraction:
     limits: ExtractionLimits
     regular_files: set[str] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
+    members: int = 0
     total_bytes: int = 0
 
 
@@ -139,12 +141,18 @@ def _decompressed_head(path: Path, compression: str) -> bytes:
 
 
 def _is_torch_zip(path: Path) -> bool:
-    """Whether a zip holds a torch checkpoint (``data.pkl``) or TorchScript."""
+    """Whether a zip is a checkpoint: torch (``data.pkl``), TorchScript, npz.
+
+    A zip whose directory cannot be read counts as a checkpoint too, so
+    that the format reader, not the extractor, says it is damaged.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
-        return False
+        return True
+    if names and all(name.endswith(".npy") for name in names):
+        return True
     tails = {PurePosixPath(name).parts[1:2] for name in names}
     return ("data.pkl",) in tails or ("constants.pkl",) in tails
 
@@ -320,7 +328,8 @@ def _copy_exactly(source: IO[bytes], target: Path, size: int, member: str) -> No
 
 def _count_member(name: str, size: int, state: _Extraction) -> None:
     state.total_bytes += size
-    if len(state.names) + 1 > state.limits.max_members:
+    state.members += 1
+    if state.members > state.limits.max_members:
         rule = f"more than {state.limits.max_members} members"
         raise UnsafeArchiveError(name, rule)
     if state.total_bytes > state.limits.max_total_bytes:
@@ -361,7 +370,9 @@ def _check_tar_link(member: tarfile.TarInfo, state: _Extraction) -> None:
         if member.linkname.startswith("/"):
             raise UnsafeArchiveError(member.name, "symbolic link to an absolute path")
         parent = PurePosixPath(_safe_name(member.name)).parent
-        target = _safe_name(str(parent / member.linkname))
+        target = posixpath.normpath(str(parent / member.linkname))
+        if target == ".." or target.startswith("../"):
+            raise UnsafeArchiveError(member.name, "symbolic link points outside")
     else:
         return
     if target not in state.regular_files:

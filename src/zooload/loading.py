@@ -1,30 +1,49 @@
 """Load: put a state dict into a module and report exactly what happened.
 
-:func:`load_into` matches names and shapes first and touches the model only
-when the load is allowed to go ahead, so a refused strict load leaves every
-tensor of the model as it was. Parameters still on the meta device (see
+:func:`load_into` works in two phases. First it maps the names (rename
+rules, prefix change, filters) and matches them against the model, names and
+shapes, without touching the model. Only when the load may go ahead does it
+write: parameters still on the meta device (see
 :func:`zooload.architectures.build_without_parameters`) adopt the loaded
-tensors; materialised ones are copied into, so optimisers that hold them stay
-valid.
+tensors, and materialised ones are copied into, so optimisers that hold them
+stay valid. A refused load leaves every tensor of the model as it was.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from zooload.errors import IncompatibleStateDictError, StateDictError
-from zooload.mapping import RenameRules, apply_renames
-from zooload.report import render_report
+from zooload.errors import ConfigError, IncompatibleStateDictError, StateDictError
+from zooload.mapping import (
+    NamePattern,
+    PrefixChange,
+    RenameRules,
+    apply_renames,
+    detect_prefix_change,
+    name_filter,
+)
+from zooload.report import render_report, suggest_fixes
 
 logger = logging.getLogger(__name__)
 
 ALIGNMENT_BYTES = 64
+AUTO = "auto"
 Shape = tuple[int, ...]
+Patterns = NamePattern | Sequence[NamePattern] | None
+
+
+class ShapeMismatchPolicy(str, enum.Enum):
+    """What to do with a tensor whose shape differs from the model's."""
+
+    ERROR = "error"
+    SKIP = "skip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +57,18 @@ class LoadReport:
     missing
         Model names the state dict did not provide.
     unexpected
-        State-dict names the model does not have.
+        State-dict names (after mapping) the model does not have.
     mismatched
         ``name -> (checkpoint shape, model shape)`` for names whose shapes differ.
     skipped
-        State-dict names left out on purpose (by a filter).
+        State-dict names a filter (``include``/``exclude``) left out.
     renamed
-        ``old -> new`` for every renamed state-dict key.
+        ``old -> new`` for every state-dict key that rename rules or the
+        prefix change altered.
     cast
         ``name -> (checkpoint dtype, model dtype)`` for converted tensors.
+    prefix
+        The prefix change applied (``"stripped 'module.'"``), or ``""``.
     """
 
     loaded: tuple[str, ...] = ()
@@ -56,6 +78,7 @@ class LoadReport:
     skipped: tuple[str, ...] = ()
     renamed: Mapping[str, str] = field(default_factory=dict)
     cast: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    prefix: str = ""
 
     @property
     def ok(self) -> bool:
@@ -66,12 +89,26 @@ class LoadReport:
         return render_report(self)
 
 
+@dataclass(frozen=True, slots=True)
+class _Mapped:
+    """Checkpoint tensors under their final names, and how they got there."""
+
+    tensors: dict[str, torch.Tensor]
+    renamed: dict[str, str]
+    skipped: tuple[str, ...]
+    prefix: PrefixChange | None
+
+
 def load_into(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     *,
     strict: bool = True,
+    include: Patterns = None,
+    exclude: Patterns = None,
     rename: RenameRules | None = None,
+    strip_prefix: str | None = AUTO,
+    on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
 ) -> LoadReport:
     """Load ``state_dict`` into ``model`` and return the report.
 
@@ -82,11 +119,24 @@ def load_into(
     state_dict
         Names to tensors.
     strict
-        Refuse any missing, unexpected or mis-shaped tensor (the default).
-        When false, what fits is loaded and the rest is reported.
+        Refuse any missing or unexpected tensor (the default). When false,
+        what fits is loaded and the rest is reported.
+    include, exclude
+        Glob patterns (``"conv*"``) or compiled regexes over names; only
+        names that match ``include`` and not ``exclude`` are loaded. Names
+        filtered out of the checkpoint are listed as ``skipped``; model
+        names filtered out keep their values and are not ``missing``.
     rename
-        Ordered ``(pattern, replacement)`` rules applied to the state dict's
+        Ordered ``(pattern, replacement)`` rules applied to the checkpoint's
         names first (see :func:`zooload.mapping.apply_renames`).
+    strip_prefix
+        ``"auto"`` finds a prefix change (``module.``, ``_orig_mod.``,
+        ``model.``, or one prefix all names share) that makes more names
+        match, and applies it; a string strips exactly that prefix; ``None``
+        changes nothing.
+    on_shape_mismatch
+        ``"error"`` refuses the load if any shape differs; ``"skip"`` keeps
+        the model's tensor (for a new classifier head) and reports both shapes.
 
     Returns
     -------
@@ -95,48 +145,93 @@ def load_into(
     Raises
     ------
     IncompatibleStateDictError
-        Under ``strict`` when anything does not fit; the model is untouched.
+        When anything does not fit under ``strict``, or a shape differs under
+        ``on_shape_mismatch="error"``; the model is untouched, the error holds
+        the report and a suggestion.
     StateDictError
-        When nothing at all matches, or a missing parameter cannot be
-        initialised.
+        When nothing at all matches, or a missing parameter of a meta-built
+        model cannot be initialised.
+    ConfigError
+        For an unknown ``on_shape_mismatch`` value or a bad rename pattern.
 
     Examples
     --------
     >>> model = torch.nn.Linear(2, 1)
-    >>> report = load_into(model, {"weight": torch.ones(1, 2), "bias": torch.zeros(1)})
-    >>> report.ok, model.weight.tolist()
-    (True, [[1.0, 1.0]])
+    >>> weights = {"module.weight": torch.ones(1, 2), "module.bias": torch.zeros(1)}
+    >>> report = load_into(model, weights)
+    >>> report.ok, report.prefix, model.weight.tolist()
+    (True, "stripped 'module.'", [[1.0, 1.0]])
     """
-    renamed = apply_renames(state_dict, rename)
+    policy = _policy(on_shape_mismatch)
     targets = model.state_dict(keep_vars=True)
-    report = _match(targets, renamed.tensors, renamed.renamed)
-    if strict and not report.ok:
-        raise IncompatibleStateDictError(report)
-    if state_dict and not report.loaded:
-        message = (
-            f"none of the {len(state_dict)} checkpoint tensors matches a model "
-            f"tensor:\n{report}\nAdd rename rules that map the checkpoint's names "
-            "onto the model's."
-        )
-        raise StateDictError(message)
-    _materialise(model, [name for name in report.missing if targets[name].is_meta])
-    _assign(model, targets, {name: renamed.tensors[name] for name in report.loaded})
+    keep = name_filter(include, exclude)
+    mapped = _map_names(state_dict, rename, strip_prefix, targets, keep)
+    report = _match({n: t for n, t in targets.items() if keep(n)}, mapped)
+    _refuse_if_unfit(
+        report, strict=strict, policy=policy, targets=targets, mapped=mapped
+    )
+    _materialise(
+        model, [n for n in targets if targets[n].is_meta and n not in report.loaded]
+    )
+    _assign(model, targets, {name: mapped.tensors[name] for name in report.loaded})
     if not report.ok:
-        logger.warning("partial load:\n%s", report)
+        logger.warning("partial load into %s:\n%s", type(model).__name__, report)
     logger.debug("loaded %d tensors into %s", len(report.loaded), type(model).__name__)
     return report
 
 
-def _match(
+def _policy(value: ShapeMismatchPolicy | str) -> ShapeMismatchPolicy:
+    try:
+        return ShapeMismatchPolicy(value)
+    except ValueError as err:
+        choices = ", ".join(repr(p.value) for p in ShapeMismatchPolicy)
+        message = f"on_shape_mismatch must be one of {choices}, not {value!r}."
+        raise ConfigError(message) from err
+
+
+def _map_names(
+    state_dict: Mapping[str, torch.Tensor],
+    rename: RenameRules | None,
+    strip_prefix: str | None,
     targets: Mapping[str, torch.Tensor],
-    tensors: Mapping[str, torch.Tensor],
-    renamed: Mapping[str, str],
-) -> LoadReport:
+    keep: Callable[[str], bool],
+) -> _Mapped:
+    renamed = apply_renames(state_dict, rename)
+    change = _prefix_change(list(renamed.tensors), targets, strip_prefix)
+    tensors, history = renamed.tensors, dict(renamed.renamed)
+    if change is not None:
+        # The optional group always matches at the start, so every name gets
+        # the new prefix and only names that carry the old one lose it.
+        rule = (
+            "^(?:" + re.escape(change.strip) + ")?",
+            change.add.replace("\\", r"\\"),
+        )
+        moved = apply_renames(tensors, [rule])
+        original = {new: old for old, new in history.items()}
+        for middle, final in moved.renamed.items():
+            history[original.get(middle, middle)] = final
+        tensors = moved.tensors
+    kept = {name: tensor for name, tensor in tensors.items() if keep(name)}
+    skipped = tuple(name for name in tensors if name not in kept)
+    return _Mapped(kept, history, skipped, change)
+
+
+def _prefix_change(
+    names: list[str], targets: Mapping[str, torch.Tensor], strip_prefix: str | None
+) -> PrefixChange | None:
+    if strip_prefix is None or not names:
+        return None
+    if strip_prefix == AUTO:
+        return detect_prefix_change(names, list(targets))
+    return PrefixChange(strip=strip_prefix, add="")
+
+
+def _match(targets: Mapping[str, torch.Tensor], mapped: _Mapped) -> LoadReport:
     loaded, missing = [], []
     mismatched: dict[str, tuple[Shape, Shape]] = {}
     cast: dict[str, tuple[str, str]] = {}
     for name, target in targets.items():
-        tensor = tensors.get(name)
+        tensor = mapped.tensors.get(name)
         if tensor is None:
             missing.append(name)
         elif tensor.shape != target.shape:
@@ -145,15 +240,37 @@ def _match(
             loaded.append(name)
             if _needs_cast(tensor, target):
                 cast[name] = (_dtype_name(tensor.dtype), _dtype_name(target.dtype))
-    unexpected = tuple(name for name in tensors if name not in targets)
     return LoadReport(
         loaded=tuple(loaded),
         missing=tuple(missing),
-        unexpected=unexpected,
+        unexpected=tuple(name for name in mapped.tensors if name not in targets),
         mismatched=mismatched,
-        renamed=dict(renamed),
+        skipped=mapped.skipped,
+        renamed=mapped.renamed,
         cast=cast,
+        prefix=str(mapped.prefix) if mapped.prefix else "",
     )
+
+
+def _refuse_if_unfit(
+    report: LoadReport,
+    *,
+    strict: bool,
+    policy: ShapeMismatchPolicy,
+    targets: Mapping[str, torch.Tensor],
+    mapped: _Mapped,
+) -> None:
+    unfit = strict and bool(report.missing or report.unexpected)
+    if unfit or (report.mismatched and policy is ShapeMismatchPolicy.ERROR):
+        hint = suggest_fixes(report, mapped.tensors, targets)
+        raise IncompatibleStateDictError(report, hint)
+    if mapped.tensors and not report.loaded and not report.mismatched:
+        hint = suggest_fixes(report, mapped.tensors, targets)
+        message = (
+            f"none of the {len(mapped.tensors)} checkpoint tensors matches a "
+            f"model tensor, so nothing was loaded:\n{report}\n{hint}"
+        )
+        raise StateDictError(message)
 
 
 def _needs_cast(tensor: torch.Tensor, target: torch.Tensor) -> bool:
@@ -165,7 +282,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _materialise(model: nn.Module, names: list[str]) -> None:
-    """Allocate and initialise meta parameters that the checkpoint lacks."""
+    """Allocate and initialise meta parameters that will not be loaded."""
     owners = {name.rpartition(".")[0] for name in names}
     for owner_name in sorted(owners):
         owner = model.get_submodule(owner_name)
@@ -173,8 +290,9 @@ def _materialise(model: nn.Module, names: list[str]) -> None:
         if not callable(reset):
             message = (
                 f"{owner_name or 'the model'} ({type(owner).__name__}) has "
-                "parameters the checkpoint does not hold and no reset_parameters() "
-                "to initialise them; load a checkpoint that holds them."
+                "parameters the checkpoint does not provide and no "
+                "reset_parameters() to initialise them; load a checkpoint that "
+                "holds them, or build the model yourself and use load_into."
             )
             raise StateDictError(message)
         for key, parameter in owner.named_parameters(recurse=False):

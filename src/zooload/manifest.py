@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zooload.errors import ManifestError
+from zooload.errors import FormatError, ManifestError
+from zooload.formats import CheckpointFormat, sniff_format
 from zooload.hashing import verify_file
 
 logger = logging.getLogger(__name__)
@@ -241,14 +242,14 @@ def describe(root: Path) -> Description:
     ------
     ManifestError
         When a folder has an invalid manifest, or has no manifest and not
-        exactly one file to treat as the weights.
+        exactly one checkpoint file (or shard index) to treat as the weights.
 
     Examples
     --------
-    >>> import tempfile, pathlib
+    >>> import tempfile, pathlib, torch
     >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = pathlib.Path(folder, "weights.pt")
-    ...     _ = path.write_bytes(b"")
+    ...     torch.save({"w": torch.ones(1)}, pathlib.Path(folder, "weights.pt"))
+    ...     _ = pathlib.Path(folder, "README.md").write_text("notes")
     ...     describe(pathlib.Path(folder)).weights[0].name
     'weights.pt'
     """
@@ -259,13 +260,32 @@ def describe(root: Path) -> Description:
         manifest = read_manifest(manifest_path)
         weights = tuple(root / spec.path for spec in manifest.weights)
         return Description(root=root, weights=weights, manifest=manifest)
-    candidates = sorted(path for path in root.rglob("*") if path.is_file())
-    if len(candidates) != 1:
-        names = ", ".join(str(p.relative_to(root)) for p in candidates[:10]) or "none"
-        message = (
-            f"{root} has no {MANIFEST_NAME} and {len(candidates)} files ({names}); "
-            f"zooload cannot tell which holds the weights. Add a {MANIFEST_NAME} "
-            "(zooload.pack writes one) or point at the weights file itself."
-        )
-        raise ManifestError(message, field="(manifest)")
-    return Description(root=root, weights=(candidates[0],), manifest=None)
+    return Description(
+        root=root, weights=(_weights_without_manifest(root),), manifest=None
+    )
+
+
+def _weights_without_manifest(root: Path) -> Path:
+    """The one checkpoint (or shard index) in a folder that has no manifest."""
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    formats = {path: _format_or_none(path) for path in files}
+    indexes = [p for p, f in formats.items() if f is CheckpointFormat.SHARDED_INDEX]
+    candidates = indexes or [p for p, f in formats.items() if f is not None]
+    if len(candidates) == 1:
+        return candidates[0]
+    shown = candidates or files
+    names = ", ".join(str(p.relative_to(root)) for p in shown[:10]) or "none"
+    kind = "checkpoint files" if candidates else "files, none a checkpoint"
+    message = (
+        f"{root} has no {MANIFEST_NAME} and {len(shown)} {kind} ({names}); "
+        f"zooload cannot tell which holds the weights. Add a {MANIFEST_NAME} "
+        "(zooload.pack writes one) or point at the weights file itself."
+    )
+    raise ManifestError(message, field="(manifest)")
+
+
+def _format_or_none(path: Path) -> CheckpointFormat | None:
+    try:
+        return sniff_format(path)
+    except FormatError:
+        return None

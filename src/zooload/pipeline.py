@@ -37,7 +37,7 @@ from zooload.errors import (
 from zooload.fetching import Blob, fetch_blob, parse_location
 from zooload.formats import CheckpointFormat, StateDict, read_state_dict, sniff_format
 from zooload.formats.torchscript import load_program
-from zooload.loading import LoadReport, load_into
+from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into
 from zooload.manifest import Description, Manifest, describe, verify_manifest_files
 
 logger = logging.getLogger(__name__)
@@ -107,9 +107,9 @@ def _unpack(blob: Blob, cache: Cache) -> Path:
     if blob.path.is_dir():
         verify_manifest_files(blob.path)
         return blob.path
-    if sniff_archive(blob.path) is ArchiveKind.FILE:
-        return blob.path
     try:
+        if sniff_archive(blob.path) is ArchiveKind.FILE:
+            return blob.path
         return extract_to_cache(
             blob.path, blob.sha256, cache, validate=verify_manifest_files
         )
@@ -150,6 +150,72 @@ class LoadResult:
     seconds: dict[str, float]
 
 
+def load_state_dict(
+    source: PathOrUrl,
+    *,
+    key: str | None = None,
+    map_location: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+    sha256: str | None = None,
+    cache_dir: PathOrUrl | None = None,
+    progress: bool | None = None,
+) -> StateDict:
+    """Read the weights of any checkpoint, local or remote, as a state dict.
+
+    The format is recognised from the bytes: safetensors, torch zip, legacy
+    torch, TorchScript, NumPy ``.npz``, or a shard index with its shards. A
+    folder or archive is read through its manifest, or by its one checkpoint
+    file. A training checkpoint is unwrapped (see :mod:`zooload.unwrap`).
+
+    Parameters
+    ----------
+    source
+        A path, a folder, or any URL :func:`load_url` accepts.
+    key
+        Dotted key path of the weights inside a training checkpoint
+        (``"model"``, ``"ema.module"``); found automatically when omitted.
+    map_location
+        Device for the tensors.
+    trust_pickle
+        Allow pickles to build any object, which runs code from the file;
+        only for files from publishers you trust.
+    sha256, cache_dir, progress
+        As for :func:`fetch`.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+
+    Raises
+    ------
+    FormatError
+        When a file is not a readable checkpoint; says what it looks like.
+    CheckpointError
+        When several entries could be the weights and ``key`` is not given.
+    UnsafeCheckpointError
+        When a pickle needs globals that weights-only unpickling refuses.
+    DownloadError, IntegrityError, ArchiveError, ManifestError
+        As for :func:`fetch`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "ckpt.pt")
+    ...     torch.save({"epoch": 3, "model": {"w": torch.ones(2)}}, path)
+    ...     load_state_dict(path, cache_dir=folder)["w"].tolist()
+    [1.0, 1.0]
+    """
+    root = fetch(source, sha256=sha256, cache_dir=cache_dir, progress=progress)
+    description = describe(root)
+    return _read_weights(
+        description.weights,
+        key=key,
+        map_location=map_location,
+        trust_pickle=trust_pickle,
+    )
+
+
 def load_url(
     url: PathOrUrl,
     *,
@@ -160,6 +226,8 @@ def load_url(
     check: bool = True,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
+    trust_pickle: bool = False,
+    on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Turn a URL into a ready model: fetch, verify, unpack, build, load, check.
@@ -185,6 +253,12 @@ def load_url(
         Cache root; defaults to ``$ZOOLOAD_CACHE`` or the user cache folder.
     progress
         Progress bar on stderr: ``None`` shows it when stderr is a terminal.
+    trust_pickle
+        Allow pickled weights to build any object, which runs code from the
+        file; only for publishers you trust.
+    on_shape_mismatch
+        ``"skip"`` keeps the architecture's own initialised tensor where the
+        checkpoint's shape differs (see :func:`load_into`).
     **arch_kwargs
         Keyword arguments for the architecture, over the manifest's.
 
@@ -223,6 +297,8 @@ def load_url(
         check=check,
         cache_dir=cache_dir,
         progress=progress,
+        trust_pickle=trust_pickle,
+        on_shape_mismatch=on_shape_mismatch,
         **arch_kwargs,
     )
     return result.model
@@ -238,6 +314,8 @@ def load(
     check: bool = True,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
+    trust_pickle: bool = False,
+    on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
     **arch_kwargs: Any,
 ) -> LoadResult:
     """Do what :func:`load_url` does, and return the model with its account.
@@ -275,7 +353,8 @@ def load(
     else:
         model = build_without_parameters(factory, kwargs)
         clock.lap("build")
-        report = _load_weights(model, description, strict=strict)
+        options = _WeightOptions(strict, trust_pickle, on_shape_mismatch)
+        report = _load_weights(model, description, options)
         model = model.to(map_location).eval()
         clock.lap("load")
     example = _check(model, description, check=check)
@@ -319,27 +398,47 @@ def _architecture(
     raise ConfigError(message)
 
 
+@dataclass(frozen=True, slots=True)
+class _WeightOptions:
+    """How the weights step of :func:`load` reads and maps tensors."""
+
+    strict: bool
+    trust_pickle: bool
+    on_shape_mismatch: ShapeMismatchPolicy | str
+
+
 def _load_weights(
-    model: nn.Module, description: Description, *, strict: bool
+    model: nn.Module, description: Description, options: _WeightOptions
 ) -> LoadReport:
     manifest = description.manifest
     if manifest and manifest.dtype:
         model.to(getattr(torch, manifest.dtype))
-    tensors = _read_weights(description.weights)
-    rules = (
-        [(rule.pattern, rule.replacement) for rule in manifest.rename]
-        if manifest
-        else []
+    tensors = _read_weights(description.weights, trust_pickle=options.trust_pickle)
+    rules = [(r.pattern, r.replacement) for r in manifest.rename] if manifest else []
+    report = load_into(
+        model,
+        tensors,
+        strict=options.strict,
+        rename=rules,
+        on_shape_mismatch=options.on_shape_mismatch,
     )
-    report = load_into(model, tensors, strict=strict, rename=rules)
     logger.debug("load report:\n%s", report)
     return report
 
 
-def _read_weights(paths: tuple[Path, ...]) -> StateDict:
+def _read_weights(
+    paths: tuple[Path, ...],
+    *,
+    key: str | None = None,
+    map_location: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+) -> StateDict:
     tensors: StateDict = {}
     for path in paths:
-        for name, tensor in read_state_dict(path).items():
+        part = read_state_dict(
+            path, key=key, map_location=map_location, trust_pickle=trust_pickle
+        )
+        for name, tensor in part.items():
             if name in tensors:
                 message = (
                     f"{name!r} appears in more than one weight file (again in "

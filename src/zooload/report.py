@@ -6,12 +6,19 @@ so that the report of a model with hundreds of tensors stays readable.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+import torch
+
+from zooload.mapping import shared_prefixes
+
 if TYPE_CHECKING:
     from zooload.loading import LoadReport
+
+MAX_SUGGESTIONS = 5
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
 
@@ -34,6 +41,7 @@ def render_report(report: LoadReport) -> str:
         ("skipped", collapse_names(report.skipped)),
         ("renamed", [f"{old} -> {new}" for old, new in report.renamed.items()]),
         ("cast", [f"{name}: {a} -> {b}" for name, (a, b) in report.cast.items()]),
+        ("prefix", [report.prefix] if report.prefix else []),
     ]
     counts = {
         "loaded": len(report.loaded),
@@ -43,6 +51,7 @@ def render_report(report: LoadReport) -> str:
         "skipped": len(report.skipped),
         "renamed": len(report.renamed),
         "cast": len(report.cast),
+        "prefix": 1,
     }
     lines = []
     for title, entries in rows:
@@ -100,3 +109,77 @@ def _render_group(key: str, indices: list[int]) -> str:
     else:
         span = ",".join(str(i) for i in ordered)
     return key.replace("{}", "{" + span + "}", 1)
+
+
+def suggest_fixes(
+    report: LoadReport,
+    checkpoint: Mapping[str, torch.Tensor],
+    model: Mapping[str, torch.Tensor],
+) -> str:
+    """Say what would make a refused load fit, from the report's facts.
+
+    For a missing name, the closest unexpected name of the same shape; the
+    prefix all unexpected names share; the option for differing shapes.
+
+    Examples
+    --------
+    >>> from zooload.loading import LoadReport
+    >>> report = LoadReport(missing=("head.weight",), unexpected=("fc.weight",))
+    >>> weights = {"fc.weight": torch.ones(2)}
+    >>> print(suggest_fixes(report, weights, {"head.weight": torch.ones(2)}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    'head.weight' is missing and 'fc.weight' has its shape [2]:
+    add the rename rule (r'^fc\\.weight$', 'head.weight').
+    """
+    hints = [
+        *_closest_names(report, checkpoint, model),
+        *_shared_prefix_hint(report.unexpected, model),
+    ]
+    if report.mismatched:
+        hints.append(
+            "To keep the model's own tensors where shapes differ (a new "
+            "classifier head), pass on_shape_mismatch='skip'."
+        )
+    if not hints:
+        hints.append(
+            "Fix the names with rename rules, or load partially with strict=False."
+        )
+    return "\n".join(hints)
+
+
+def _closest_names(
+    report: LoadReport,
+    checkpoint: Mapping[str, torch.Tensor],
+    model: Mapping[str, torch.Tensor],
+) -> list[str]:
+    hints = []
+    for name in report.missing[:MAX_SUGGESTIONS]:
+        shape = model[name].shape
+        same_shape = [u for u in report.unexpected if checkpoint[u].shape == shape]
+        closest = difflib.get_close_matches(name, same_shape, n=1, cutoff=0.3)
+        if closest:
+            pattern = f"^{re.escape(closest[0])}$"
+            hints.append(
+                f"{name!r} is missing and {closest[0]!r} has its shape "
+                f"{list(shape)}:\nadd the rename rule (r'{pattern}', {name!r})."
+            )
+    return hints
+
+
+def _shared_prefix_hint(
+    unexpected: Iterable[str], model: Mapping[str, torch.Tensor]
+) -> list[str]:
+    names = list(unexpected)
+    prefixes = shared_prefixes(names) if len(names) > 1 else []
+    if not prefixes:
+        return []
+    model_prefixes = shared_prefixes(list(model))
+    theirs = (
+        f", and every model name starts with {model_prefixes[-1]!r}"
+        if model_prefixes
+        else ""
+    )
+    return [
+        f"All {len(names)} unexpected names start with {prefixes[-1]!r}{theirs}: "
+        f"pass strip_prefix={prefixes[-1]!r} or a rename rule."
+    ]

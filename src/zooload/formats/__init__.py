@@ -1,9 +1,10 @@
-"""Read: recognise a checkpoint by its bytes and read its tensors.
+"""Read: recognise a checkpoint by its bytes and read what it holds.
 
 :func:`sniff_format` names the format from magic bytes and structure, never
 from the file name; :data:`READERS` maps each format to its reader. Anything
 unreadable raises :class:`~zooload.errors.FormatError` saying what the file
-looks like instead.
+looks like instead. :func:`read_state_dict` adds the unwrapping of training
+checkpoints (:mod:`zooload.unwrap`).
 """
 
 from __future__ import annotations
@@ -13,20 +14,32 @@ import json
 import logging
 import struct
 import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from zooload.errors import FormatError
-from zooload.formats import safetensors_file, torch_pickle, torchscript
-from zooload.formats.common import StateDict, StateDictReader
+from zooload.formats import (
+    numpy_npz,
+    safetensors_file,
+    sharded,
+    torch_pickle,
+    torchscript,
+)
+from zooload.formats.common import ContentReader, StateDict
+from zooload.unwrap import unwrap
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "READERS",
+    "Checkpoint",
     "CheckpointFormat",
     "StateDict",
+    "read_checkpoint",
     "read_state_dict",
     "sniff_format",
 ]
@@ -34,7 +47,10 @@ __all__ = [
 _HEAD_BYTES = 512
 _LEGACY_PICKLE_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
-_EXPECTED = "a checkpoint (safetensors, torch zip, legacy torch or TorchScript)"
+_EXPECTED = (
+    "a checkpoint (safetensors, torch zip, legacy torch, TorchScript, npz, "
+    "or a shard index)"
+)
 
 
 class CheckpointFormat(str, enum.Enum):
@@ -44,13 +60,50 @@ class CheckpointFormat(str, enum.Enum):
     TORCH_ZIP = "torch-zip"
     TORCH_LEGACY = "torch-legacy"
     TORCHSCRIPT = "torchscript"
+    NUMPY_NPZ = "npz"
+    SHARDED_INDEX = "sharded-index"
 
 
-READERS: dict[CheckpointFormat, StateDictReader] = {
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What a checkpoint file holds, before any unwrapping."""
+
+    path: Path
+    format: CheckpointFormat
+    content: Any
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def _read_sharded(
+    path: Path, *, map_location: str | torch.device, trust_pickle: bool
+) -> StateDict:
+    plan = sharded.plan_shards(path)
+    tensors: StateDict = {}
+    for shard, names in plan.shards.items():
+        shard_format = sniff_format(shard)
+        if shard_format is CheckpointFormat.SHARDED_INDEX:
+            hint = "An index must point at checkpoint files, not at another index."
+            raise FormatError(str(shard), "a shard", "another shard index", hint)
+        content = READERS[shard_format](
+            shard, map_location=map_location, trust_pickle=trust_pickle
+        )
+        part = unwrap(content, source=str(shard)).tensors
+        if set(part) != names:
+            hint = "Download the index and its shards again from the same revision."
+            seen = f"a stale shard (its tensors differ from the index's {len(names)})"
+            raise FormatError(str(shard), "a consistent shard", seen, hint)
+        tensors.update(part)
+        logger.debug("read shard %s: %d tensors", shard.name, len(part))
+    return tensors
+
+
+READERS: dict[CheckpointFormat, ContentReader] = {
     CheckpointFormat.SAFETENSORS: safetensors_file.read,
     CheckpointFormat.TORCH_ZIP: torch_pickle.read,
     CheckpointFormat.TORCH_LEGACY: torch_pickle.read,
     CheckpointFormat.TORCHSCRIPT: torchscript.read,
+    CheckpointFormat.NUMPY_NPZ: numpy_npz.read,
+    CheckpointFormat.SHARDED_INDEX: _read_sharded,
 }
 
 
@@ -89,18 +142,20 @@ def sniff_format(path: Path) -> CheckpointFormat:
         return CheckpointFormat.TORCH_LEGACY
     if _looks_like_safetensors(head, path.stat().st_size):
         return CheckpointFormat.SAFETENSORS
+    if sharded.is_index(head):
+        return CheckpointFormat.SHARDED_INDEX
     raise FormatError(str(path), _EXPECTED, describe_bytes(head), _next_step(head))
 
 
-def read_state_dict(
+def read_checkpoint(
     path: Path, *, map_location: str | torch.device = "cpu", trust_pickle: bool = False
-) -> StateDict:
-    """Read the tensors of a checkpoint file, choosing the reader by content.
+) -> Checkpoint:
+    """Read what a checkpoint file holds, choosing the reader by content.
 
     Parameters
     ----------
     path
-        A checkpoint file.
+        A checkpoint file or shard index.
     map_location
         Device for the tensors.
     trust_pickle
@@ -109,7 +164,9 @@ def read_state_dict(
 
     Returns
     -------
-    dict[str, torch.Tensor]
+    Checkpoint
+        Its format, its content (a state dict, or a training checkpoint for a
+        pickle) and any metadata the format keeps.
 
     Raises
     ------
@@ -123,15 +180,68 @@ def read_state_dict(
     >>> import tempfile, pathlib, torch
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = pathlib.Path(folder, "w.pt")
+    ...     torch.save({"epoch": 1, "model": {"w": torch.ones(2)}}, path)
+    ...     read_checkpoint(path).content["epoch"]
+    1
+    """
+    checkpoint_format = sniff_format(path)
+    logger.debug("reading %s as %s", path, checkpoint_format.value)
+    content = READERS[checkpoint_format](
+        path, map_location=map_location, trust_pickle=trust_pickle
+    )
+    metadata: Mapping[str, str] = {}
+    if checkpoint_format is CheckpointFormat.SAFETENSORS:
+        metadata = safetensors_file.header_metadata(path)
+    return Checkpoint(path, checkpoint_format, content, metadata)
+
+
+def read_state_dict(
+    path: Path,
+    *,
+    key: str | None = None,
+    map_location: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+) -> StateDict:
+    """Read the weights of a checkpoint file, unwrapping a training checkpoint.
+
+    Parameters
+    ----------
+    path
+        A checkpoint file or shard index.
+    key
+        Dotted key path of the weights inside a training checkpoint; found
+        automatically when omitted.
+    map_location
+        Device for the tensors.
+    trust_pickle
+        Allow pickles to build any object; see :func:`read_checkpoint`.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+
+    Raises
+    ------
+    FormatError
+        When the file is not a readable checkpoint or holds no weights.
+    CheckpointError
+        When several entries could be the weights and ``key`` is not given.
+    UnsafeCheckpointError
+        When a pickle needs globals that weights-only unpickling refuses.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "w.pt")
     ...     torch.save({"w": torch.ones(2)}, path)
     ...     read_state_dict(path)["w"].tolist()
     [1.0, 1.0]
     """
-    checkpoint_format = sniff_format(path)
-    logger.debug("reading %s as %s", path, checkpoint_format.value)
-    tensors = READERS[checkpoint_format](
+    checkpoint = read_checkpoint(
         path, map_location=map_location, trust_pickle=trust_pickle
     )
+    tensors = unwrap(checkpoint.content, key=key, source=str(path)).tensors
     logger.info("read %d tensors from %s", len(tensors), path.name)
     return tensors
 
@@ -143,6 +253,8 @@ def _zip_format(path: Path) -> CheckpointFormat:
     except (zipfile.BadZipFile, OSError) as err:
         hint = "The file is truncated or damaged; download it again."
         raise FormatError(str(path), _EXPECTED, f"a damaged zip ({err})", hint) from err
+    if names and all(name.endswith(".npy") for name in names):
+        return CheckpointFormat.NUMPY_NPZ
     tails = {"/".join(name.split("/")[1:]) for name in names}
     if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
         return CheckpointFormat.TORCHSCRIPT
@@ -179,7 +291,7 @@ def describe_bytes(head: bytes) -> str:
     for prefix, description in _DESCRIPTIONS:
         if text.startswith(prefix):
             return description
-    if head[:8].isascii() and head[8:9] == b"{":
+    if head[8:9] == b"{":
         return "a truncated safetensors file (its header is cut short)"
     if _is_json(head):
         return "a JSON document"
@@ -210,5 +322,7 @@ _DESCRIPTIONS: tuple[tuple[bytes, str], ...] = (
     (b"<html", "an HTML page"),
     (b"version https://git-lfs", "a Git LFS pointer, not the file it points to"),
     (b"\x1f\x8b", "a gzip file"),
+    (b"bzh", "a bzip2 file"),
+    (b"\xfd7zxz", "an xz file"),
     (b"pk\x05\x06", "an empty zip archive"),
 )

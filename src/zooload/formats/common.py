@@ -1,18 +1,29 @@
-"""What every checkpoint reader shares: the state dict type and reader shape."""
+"""What every checkpoint reader shares: the types and the reader's shape."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
 
 
-class StateDictReader(Protocol):
-    """Read the tensors of one checkpoint file in one format."""
+class ContentReader(Protocol):
+    """Read what one checkpoint file holds, in one format.
+
+    Flat formats return a state dict; pickles may return a nested training
+    checkpoint, which :func:`zooload.unwrap.unwrap` takes apart.
+    """
 
     def __call__(
         self, path: Path, *, map_location: str | torch.device, trust_pickle: bool
-    ) -> StateDict: ...
+    ) -> Any: ...
+
+
+def header_metadata(path: Path) -> Mapping[str, str]:
+    """Metadata a format keeps beside the tensors; none by default."""
+    del path
+    return {}

@@ -1,19 +1,23 @@
 """Reader for safetensors files.
 
 The file is read into memory rather than mapped (KL-003 in
-docs/KNOWN_LIMITATIONS.md).
+docs/KNOWN_LIMITATIONS.md). On the meta device only the header is read,
+which is how :func:`zooload.inspect` sizes up large files cheaply.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from zooload.errors import FormatError
 from zooload.formats.common import StateDict
+
+_HINT = "The file is truncated or damaged; download it again."
 
 
 def read(
@@ -32,9 +36,86 @@ def read(
     [1.0, 1.0]
     """
     device = str(torch.device(map_location))
+    if device == "meta":
+        return _header_tensors(path)
     try:
         return dict(load_file(path, device=device))
-    except (SafetensorError, OSError, ValueError) as err:
-        hint = "The file is truncated or damaged; download it again."
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         seen = f"a damaged safetensors file ({err})"
-        raise FormatError(str(path), "a readable safetensors file", seen, hint) from err
+        raise FormatError(
+            str(path), "a readable safetensors file", seen, _HINT
+        ) from err
+
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _header_tensors(path: Path) -> StateDict:
+    """Meta tensors with the shapes and dtypes the header declares."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+            return {
+                name: torch.empty(
+                    piece.get_shape(), dtype=_DTYPES[piece.get_dtype()], device="meta"
+                )
+                for name, piece in slices.items()
+            }
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
+        seen = f"a damaged safetensors file ({err})"
+        raise FormatError(
+            str(path), "a readable safetensors file", seen, _HINT
+        ) from err
+
+
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names in a safetensors header, without reading any tensor.
+
+    Raises
+    ------
+    FormatError
+        When the header cannot be read.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> from safetensors.torch import save_file
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "w.safetensors")
+    ...     save_file({"b": torch.ones(1), "a": torch.ones(1)}, path)
+    ...     sorted(tensor_names(path))
+    ['a', 'b']
+    """
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        seen = f"a damaged safetensors file ({err})"
+        raise FormatError(
+            str(path), "a readable safetensors file", seen, _HINT
+        ) from err
+
+
+def header_metadata(path: Path) -> Mapping[str, str]:
+    """The free-text metadata of a safetensors header (``__metadata__``)."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        seen = f"a damaged safetensors file ({err})"
+        raise FormatError(
+            str(path), "a readable safetensors file", seen, _HINT
+        ) from err

@@ -1,9 +1,10 @@
 """HTTP(S) downloads with httpx: streaming, hashing as bytes arrive.
 
 The file is written under the cache's ``partial/`` folder and hashed while it
-streams, so a second pass over the bytes is never needed. One attempt is
-made per call; resuming and retrying are KL-001 in docs/KNOWN_LIMITATIONS.md. Revalidation of an
-unpinned URL uses the ETag and Last-Modified the cache recorded.
+streams, so a second pass over the bytes is never needed. Revalidation of an
+unpinned URL uses the ETag and Last-Modified the cache recorded. One attempt
+is made per call; resuming and retrying are KL-001 in
+docs/KNOWN_LIMITATIONS.md.
 """
 
 from __future__ import annotations

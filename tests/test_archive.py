@@ -1,0 +1,357 @@
+"""Unit tests for zooload.archive: sniffing archives and extracting them once."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from support.builders import cache_files, make_tar
+from zooload.archive import (
+    ArchiveKind,
+    ExtractionLimits,
+    extract_to_cache,
+    sniff_archive,
+)
+from zooload.cache import Cache
+from zooload.errors import ArchiveError, UnsafeArchiveError
+
+DIGEST = "ab" * 32
+MEMBERS = {"zooload.json": b"{}", "weights/w.bin": b"\x00\x01\x02"}
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in members.items():
+            zipped.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _torch_checkpoint() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    return buffer.getvalue()
+
+
+def _tar(*members: tarfile.TarInfo, data: dict[str, bytes] | None = None) -> bytes:
+    """A plain tar of ``members``; regular ones take their bytes from ``data``."""
+    contents = data or {}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info in members:
+            body = contents.get(info.name, b"")
+            if info.isfile():
+                info.size = len(body)
+            tar.addfile(info, io.BytesIO(body) if info.isfile() else None)
+    return buffer.getvalue()
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+# -- sniff_archive ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (make_tar(MEMBERS, mode="w"), ArchiveKind.TAR),
+        (make_tar(MEMBERS, mode="w:gz"), ArchiveKind.TAR),
+        (make_tar(MEMBERS, mode="w:bz2"), ArchiveKind.TAR),
+        (make_tar(MEMBERS, mode="w:xz"), ArchiveKind.TAR),
+        (_zip(MEMBERS), ArchiveKind.ZIP),
+        (_zip({}), ArchiveKind.ZIP),
+        (_torch_checkpoint(), ArchiveKind.FILE),
+        (random.Random(7).randbytes(4096), ArchiveKind.FILE),
+        (b"", ArchiveKind.FILE),
+        (gzip.compress(b"just some text, not a tar"), ArchiveKind.FILE),
+    ],
+    ids=[
+        "tar",
+        "tar.gz",
+        "tar.bz2",
+        "tar.xz",
+        "zip",
+        "empty-zip",
+        "torch-zip-checkpoint",
+        "random-bytes",
+        "empty",
+        "gzip-of-text",
+    ],
+)
+def test_sniff_archive_tells_kind_by_content(
+    tmp_path: Path, data: bytes, kind: ArchiveKind
+) -> None:
+    # A misleading name: only the bytes count.
+    path = _write(tmp_path, "download.bin", data)
+
+    assert sniff_archive(path) is kind
+
+
+def test_sniff_archive_torchscript_program_is_file(silero_data: Path) -> None:
+    assert sniff_archive(silero_data / "silero_vad.jit") is ArchiveKind.FILE
+
+
+def test_sniff_archive_damaged_gzip_raises(tmp_path: Path) -> None:
+    whole = make_tar(MEMBERS, mode="w:gz")
+    path = _write(tmp_path, "model.tar.gz", whole[:20])
+
+    with pytest.raises(ArchiveError, match=r"is a damaged gz file .*download it again"):
+        sniff_archive(path)
+
+
+# -- extract_to_cache: once, atomically ------------------------------------------
+
+
+def test_extract_to_cache_extracts_once(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "model.tar.gz", make_tar(MEMBERS))
+    seen: list[Path] = []
+
+    tree = extract_to_cache(archive, DIGEST, cache, validate=seen.append)
+    # Without its archive, a second call can only answer from the tree.
+    archive.unlink()
+    again = extract_to_cache(archive, DIGEST, cache, validate=seen.append)
+
+    assert again == tree == cache.tree_path(DIGEST)
+    assert len(seen) == 1
+    assert (tree / "zooload.json").read_bytes() == b"{}"
+    assert (tree / "weights" / "w.bin").read_bytes() == b"\x00\x01\x02"
+    assert cache_files(cache.root) == [
+        f"trees/{DIGEST}/weights/w.bin",
+        f"trees/{DIGEST}/zooload.json",
+    ]
+
+
+def test_extract_to_cache_extracts_zip(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "model.zip", _zip(MEMBERS))
+
+    tree = extract_to_cache(archive, DIGEST, cache)
+
+    assert (tree / "weights" / "w.bin").read_bytes() == b"\x00\x01\x02"
+    assert len(cache_files(cache.root)) == 2
+
+
+class RefusedError(Exception):
+    """What the validate callback of a test raises."""
+
+
+def test_extract_to_cache_validate_raising_leaves_nothing(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "model.tar.gz", make_tar(MEMBERS))
+    looked_at: list[list[str]] = []
+
+    def refuse(folder: Path) -> None:
+        looked_at.append(sorted(p.name for p in folder.iterdir()))
+        message = "not this one"
+        raise RefusedError(message)
+
+    with pytest.raises(RefusedError, match="not this one"):
+        extract_to_cache(archive, DIGEST, cache, validate=refuse)
+
+    assert looked_at == [["weights", "zooload.json"]]
+    assert not cache.tree_path(DIGEST).exists()
+    assert cache_files(cache.root) == []
+    assert list((cache.root / "partial").iterdir()) == []
+
+
+def test_extract_to_cache_not_an_archive_raises(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "weights.pt", _torch_checkpoint())
+
+    with pytest.raises(ArchiveError, match="is not a tar or zip archive"):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []
+
+
+def test_extract_to_cache_truncated_member_raises(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    data = random.Random(3).randbytes(4096)
+    whole = make_tar({"w.bin": data}, mode="w")
+    archive = _write(tmp_path, "model.tar", whole[:2048])
+
+    with pytest.raises(
+        ArchiveError,
+        match=r"truncated.*nothing was extracted\. Download it again",
+    ):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []
+
+
+# -- extract_to_cache: links -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [
+        (_info("copy.txt", tarfile.LNKTYPE, "a.txt"), "a.txt"),
+        (_info("sub/copy.txt", tarfile.LNKTYPE, "a.txt"), "a.txt"),
+        (_info("alias.txt", tarfile.SYMTYPE, "a.txt"), "a.txt"),
+        (_info("sub/alias.txt", tarfile.SYMTYPE, "../a.txt"), "a.txt"),
+    ],
+    ids=["hardlink", "hardlink-in-folder", "symlink", "symlink-up-from-folder"],
+)
+def test_extract_to_cache_allows_link_to_earlier_member(
+    tmp_path: Path, link: tarfile.TarInfo, target: str
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    data = _tar(_info("a.txt"), link, data={"a.txt": b"weights"})
+    archive = _write(tmp_path, "model.tar", data)
+
+    tree = extract_to_cache(archive, DIGEST, cache)
+
+    extracted = tree / link.name
+    assert extracted.read_bytes() == b"weights"
+    assert extracted.resolve().is_relative_to(tree)
+    if link.issym():
+        assert extracted.is_symlink()
+        assert extracted.resolve() == (tree / target).resolve()
+
+
+def test_extract_to_cache_refuses_link_to_later_member(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    data = _tar(
+        _info("alias.txt", tarfile.SYMTYPE, "a.txt"),
+        _info("a.txt"),
+        data={"a.txt": b"weights"},
+    )
+    archive = _write(tmp_path, "model.tar", data)
+
+    with pytest.raises(
+        UnsafeArchiveError,
+        match=r"'alias\.txt': link target is not a regular file earlier",
+    ):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []
+
+
+def test_extract_to_cache_refuses_zip_symlink(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        info = zipfile.ZipInfo("alias")
+        info.external_attr = 0o120777 << 16
+        zipped.writestr(info, "/etc/passwd")
+    archive = _write(tmp_path, "model.zip", buffer.getvalue())
+
+    with pytest.raises(
+        UnsafeArchiveError, match=r"'alias': symbolic links in zip archives"
+    ):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []
+
+
+# -- extract_to_cache: limits ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda m: make_tar(m, mode="w:gz"), _zip],
+    ids=["tar", "zip"],
+)
+def test_extract_to_cache_enforces_max_members(
+    tmp_path: Path, build: Callable[[dict[str, bytes]], bytes]
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    members = {"a.txt": b"a", "b.txt": b"b", "c.txt": b"c"}
+    archive = _write(tmp_path, "model", build(members))
+
+    with pytest.raises(UnsafeArchiveError, match="more than 2 members") as caught:
+        extract_to_cache(archive, DIGEST, cache, limits=ExtractionLimits(max_members=2))
+
+    assert caught.value.member == "c.txt"
+    assert caught.value.rule == "more than 2 members"
+    assert cache_files(cache.root) == []
+
+
+def test_extract_to_cache_max_members_is_inclusive(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "model.tar.gz", make_tar({"a": b"a", "b": b"b"}))
+
+    tree = extract_to_cache(archive, DIGEST, cache, limits=ExtractionLimits(2))
+
+    assert sorted(p.name for p in tree.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("archive_type", ["tar", "zip"])
+def test_extract_to_cache_counts_folders_as_members(
+    tmp_path: Path, archive_type: str
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    if archive_type == "tar":
+        data = _tar(*(_info(name, tarfile.DIRTYPE) for name in ("a", "b", "c")))
+    else:
+        data = _zip({"a/": b"", "b/": b"", "c/": b""})
+    archive = _write(tmp_path, "model", data)
+
+    with pytest.raises(UnsafeArchiveError, match="more than 2 members") as caught:
+        extract_to_cache(archive, DIGEST, cache, limits=ExtractionLimits(max_members=2))
+
+    assert caught.value.member.rstrip("/") == "c"
+    assert cache_files(cache.root) == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda m: make_tar(m, mode="w:gz"), _zip],
+    ids=["tar", "zip"],
+)
+def test_extract_to_cache_enforces_max_total_bytes(
+    tmp_path: Path, build: Callable[[dict[str, bytes]], bytes]
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    members = {"a.bin": b"1234", "b.bin": b"5678", "c.bin": b"9abc"}
+    archive = _write(tmp_path, "model", build(members))
+    limits = ExtractionLimits(max_total_bytes=10)
+
+    with pytest.raises(
+        UnsafeArchiveError, match=r"'c\.bin': members add up to more than 10 bytes"
+    ) as caught:
+        extract_to_cache(archive, DIGEST, cache, limits=limits)
+
+    assert caught.value.rule == "members add up to more than 10 bytes"
+    assert cache_files(cache.root) == []
+
+
+def test_extract_to_cache_refuses_huge_declared_size_before_reading(
+    tmp_path: Path,
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    # A header that declares a petabyte, followed by a few bytes of body.
+    header = tarfile.TarInfo("huge.bin")
+    header.size = 10**15
+    data = header.tobuf(format=tarfile.PAX_FORMAT) + b"\x00" * 1024
+    archive = _write(tmp_path, "model.tar", data)
+
+    with pytest.raises(
+        UnsafeArchiveError,
+        match=r"'huge\.bin': members add up to more than 1000 bytes",
+    ):
+        extract_to_cache(
+            archive, DIGEST, cache, limits=ExtractionLimits(max_total_bytes=1000)
+        )
+
+    assert cache_files(cache.root) == []
