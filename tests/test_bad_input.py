@@ -314,7 +314,7 @@ def test_load_url_invalid_manifest_names_the_field(
 
     with pytest.raises(
         zooload.ManifestError,
-        match=r"(?s)zooload\.json is not a valid zooload manifest:\n  "
+        match=r"(?s)zooload\.json of \S+ is not a valid zooload manifest:\n  "
         + re.escape(field)
         + r": .*re-pack with zooload\.pack\.",
     ) as caught:
@@ -351,8 +351,10 @@ def test_load_url_manifest_file_hash_wrong_fails(served: Any, cache_dir: Path) -
     with pytest.raises(
         zooload.HashMismatchError,
         match=re.escape(
-            "sha256 mismatch for weights.safetensors (from zooload.json): "
-            f"expected {sha256_of(weights)}, got {sha256_of(other)}."
+            "sha256 mismatch for weights.safetensors "
+            f"(named by zooload.json of {url}): "
+            f"expected {sha256_of(weights)}, got {sha256_of(other)}. The archive "
+            "does not match its own manifest"
         ),
     ) as caught:
         zooload.load_url(url, cache_dir=cache_dir, **LINEAR)

@@ -314,12 +314,13 @@ def test_verify_manifest_files_wrong_hash(tmp_path: Path, spoiled: str) -> None:
 
     with pytest.raises(
         HashMismatchError,
-        match=rf"sha256 mismatch for {spoiled} \(from zooload\.json\): "
+        match=rf"sha256 mismatch for {spoiled} \(named by \S*zooload\.json\S*\): "
         rf"expected {expected}, got {sha256_of(b'other bytes')}\.",
     ) as caught:
         verify_manifest_files(folder)
 
-    assert caught.value.path == f"{spoiled} (from zooload.json)"
+    assert caught.value.path == f"{spoiled} (named by {folder / 'zooload.json'})"
+    assert "ask the publisher to re-pack it" in str(caught.value)
 
 
 def test_verify_manifest_files_invalid_manifest(tmp_path: Path) -> None:

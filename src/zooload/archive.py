@@ -164,6 +164,7 @@ def extract_to_cache(
     *,
     validate: Callable[[Path], None] | None = None,
     limits: ExtractionLimits | None = None,
+    source: str | None = None,
 ) -> Path:
     """Extract ``archive`` into ``trees/<sha256>`` once, and return that folder.
 
@@ -180,6 +181,8 @@ def extract_to_cache(
         raises aborts the extraction and leaves nothing behind.
     limits
         Bounds on member count and bytes; defaults to :class:`ExtractionLimits`.
+    source
+        What to call the archive in messages (its URL); its path by default.
 
     Returns
     -------
@@ -214,24 +217,25 @@ def extract_to_cache(
             return tree
         partial = cache.new_partial_path("tree")
         try:
-            count = _extract(
-                archive, _Extraction(partial, limits or ExtractionLimits())
-            )
+            state = _Extraction(partial, limits or ExtractionLimits())
+            count = _extract(archive, state, source or archive.name)
             if validate is not None:
                 validate(partial)
             published = cache.publish_tree(partial, sha256)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    logger.info("extracted %d members of %s into %s", count, archive.name, published)
+    logger.info(
+        "extracted %d members of %s into %s", count, source or archive, published
+    )
     return published
 
 
-def _extract(archive: Path, state: _Extraction) -> int:
+def _extract(archive: Path, state: _Extraction, source: str) -> int:
     state.root.mkdir()
     kind = sniff_archive(archive)
     extractor = _EXTRACTORS.get(kind)
     if extractor is None:
-        message = f"{archive} is not a tar or zip archive; nothing to extract."
+        message = f"{source} is not a tar or zip archive; nothing to extract."
         raise ArchiveError(message)
     try:
         return extractor(archive, state)
@@ -239,7 +243,7 @@ def _extract(archive: Path, state: _Extraction) -> int:
         raise
     except _READ_ERRORS as err:
         message = (
-            f"{archive.name} is truncated or corrupt ({err}); nothing was "
+            f"{source} is truncated or corrupt ({err}); nothing was "
             "extracted. Download it again, or ask the publisher for a good copy."
         )
         raise ArchiveError(message) from err

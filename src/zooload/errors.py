@@ -101,17 +101,17 @@ class IntegrityError(ZooloadError, ValueError):
 class HashMismatchError(IntegrityError):
     """The sha256 of a file differs from the pinned one."""
 
-    def __init__(self, source: str, expected: str, actual: str) -> None:
-        message = (
-            f"sha256 mismatch for {source}: expected {expected}, got {actual}. "
+    def __init__(self, source: str, expected: str, actual: str, hint: str = "") -> None:
+        next_step = hint or (
             "The file was not cached. Check that the pinned hash belongs to this "
             "URL; if the publisher changed the file on purpose, pin the new hash."
         )
-        super().__init__(message)
+        message = f"sha256 mismatch for {source}: expected {expected}, got {actual}. "
+        super().__init__(message + next_step)
         self.path = source
         self.expected = expected
         self.actual = actual
-        self._arguments = (source, expected, actual)
+        self._arguments = (source, expected, actual, hint)
 
 
 class SizeMismatchError(IntegrityError):

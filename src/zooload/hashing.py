@@ -69,7 +69,9 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: Path, expected: str, *, source: str | None = None) -> None:
+def verify_file(
+    path: Path, expected: str, *, source: str | None = None, hint: str = ""
+) -> None:
     """Raise :class:`HashMismatchError` unless ``path`` hashes to ``expected``.
 
     Parameters
@@ -81,6 +83,9 @@ def verify_file(path: Path, expected: str, *, source: str | None = None) -> None
     source
         What to call the file in the error (a URL, an archive member);
         defaults to the path.
+    hint
+        The next step the error suggests, when the default (check the pin)
+        does not fit.
 
     Raises
     ------
@@ -97,4 +102,4 @@ def verify_file(path: Path, expected: str, *, source: str | None = None) -> None
     """
     actual = file_digest(path)
     if actual != expected:
-        raise HashMismatchError(source or str(path), expected, actual)
+        raise HashMismatchError(source or str(path), expected, actual, hint)

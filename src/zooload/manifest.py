@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "zooload.json"
 FORMAT_VERSION = 1
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
+_INCONSISTENT = (
+    "The archive does not match its own manifest, so nothing was extracted; "
+    "ask the publisher to re-pack it (zooload.pack writes consistent hashes)."
+)
 
 
 class _Strict(BaseModel):
@@ -128,13 +132,16 @@ class Description:
     manifest: Manifest | None
 
 
-def read_manifest(path: Path) -> Manifest:
+def read_manifest(path: Path, *, source: str | None = None) -> Manifest:
     """Parse and validate a manifest file.
 
     Parameters
     ----------
     path
         A ``zooload.json`` file.
+    source
+        What to call it in messages (the archive's URL, say); the path by
+        default.
 
     Returns
     -------
@@ -162,16 +169,17 @@ def read_manifest(path: Path) -> Manifest:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         message = (
-            f"{path} is not valid JSON ({err}); fix the file or re-pack the model."
+            f"{source or path} is not valid JSON ({err}); fix the file or re-pack "
+            "the model."
         )
         raise ManifestError(message) from err
     try:
         return Manifest.model_validate(document)
     except ValidationError as err:
-        raise _manifest_error(path, err) from err
+        raise _manifest_error(source or str(path), err) from err
 
 
-def _manifest_error(path: Path, err: ValidationError) -> ManifestError:
+def _manifest_error(source: str, err: ValidationError) -> ManifestError:
     problems = err.errors()
     first = problems[0]
     field = ".".join(str(part) for part in first["loc"])
@@ -181,16 +189,17 @@ def _manifest_error(path: Path, err: ValidationError) -> ManifestError:
     ]
     details = "\n".join(lines)
     message = (
-        f"{path} is not a valid zooload manifest:\n{details}\n"
+        f"{source} is not a valid zooload manifest:\n{details}\n"
         "Fix these fields (see docs/MANIFEST.md) or re-pack with zooload.pack."
     )
     return ManifestError(message, field=field)
 
 
-def verify_manifest_files(root: Path) -> None:
+def verify_manifest_files(root: Path, *, source: str | None = None) -> None:
     """Check that every file a folder's manifest names exists and hashes right.
 
-    Does nothing for a folder without a manifest.
+    Does nothing for a folder without a manifest. ``source`` names the
+    archive in messages (its URL), since ``root`` may be a temporary folder.
 
     Raises
     ------
@@ -208,7 +217,8 @@ def verify_manifest_files(root: Path) -> None:
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         return
-    manifest = read_manifest(manifest_path)
+    label = f"{MANIFEST_NAME} of {source}" if source else str(manifest_path)
+    manifest = read_manifest(manifest_path, source=label)
     for index, spec in enumerate(manifest.files()):
         path = root / spec.path
         if not path.is_file():
@@ -218,11 +228,16 @@ def verify_manifest_files(root: Path) -> None:
                 else f"weights.{index}.path"
             )
             message = (
-                f"the manifest names {spec.path!r} ({field}), but the archive has "
-                "no such file. Re-pack the model so that the file is included."
+                f"{label} names {spec.path!r} ({field}), but the archive has no "
+                "such file. Re-pack the model so that the file is included."
             )
             raise ManifestError(message, field=field)
-        verify_file(path, spec.sha256, source=f"{spec.path} (from {MANIFEST_NAME})")
+        verify_file(
+            path,
+            spec.sha256,
+            source=f"{spec.path} (named by {label})",
+            hint=_INCONSISTENT,
+        )
     logger.debug("verified %d files named by %s", len(manifest.files()), manifest_path)
 
 

@@ -9,9 +9,12 @@ fetch (:mod:`zooload.fetching`), unpack (:mod:`zooload.archive`), describe
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from zooload.checks import ExampleResult, check_examples, check_materialised
 from zooload.errors import (
     ArchiveError,
     ConfigError,
+    FormatError,
     IntegrityError,
     ManifestError,
     StateDictError,
@@ -43,7 +47,7 @@ from zooload.manifest import Description, Manifest, describe, verify_manifest_fi
 logger = logging.getLogger(__name__)
 
 PathOrUrl = str | os.PathLike[str]
-_UNPACK_FAILURES = (ArchiveError, ManifestError, IntegrityError)
+_UNUSABLE = (ArchiveError, ManifestError, IntegrityError, FormatError)
 
 
 def fetch(
@@ -97,27 +101,62 @@ def fetch(
     ...     fetch(path, cache_dir=folder) == path
     True
     """
+    return _fetch(url, sha256, cache_dir, progress, extract=extract).root
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A fetched source: its bytes, the cache that holds them, the local root."""
+
+    blob: Blob
+    cache: Cache
+    root: Path
+
+
+def _fetch(
+    url: PathOrUrl,
+    sha256: str | None,
+    cache_dir: PathOrUrl | None,
+    progress: bool | None,
+    *,
+    extract: bool = True,
+) -> _Fetched:
     location = parse_location(url, sha256)
     cache = Cache.open(cache_dir)
     blob = fetch_blob(location, cache, progress=progress)
-    return _unpack(blob, cache) if extract else blob.path
+    fetched = _Fetched(blob, cache, blob.path)
+    if not extract:
+        return fetched
+    with _evicted_if_unusable(fetched):
+        return _Fetched(blob, cache, _unpack(blob, cache))
 
 
 def _unpack(blob: Blob, cache: Cache) -> Path:
     if blob.path.is_dir():
         verify_manifest_files(blob.path)
         return blob.path
+    if sniff_archive(blob.path) is ArchiveKind.FILE:
+        return blob.path
+    validate = functools.partial(verify_manifest_files, source=blob.url)
+    return extract_to_cache(
+        blob.path, blob.sha256, cache, validate=validate, source=blob.url
+    )
+
+
+@contextmanager
+def _evicted_if_unusable(fetched: _Fetched) -> Iterator[None]:
+    """Drop a cached download whose content turns out to be unusable.
+
+    Bytes that can never be unpacked or read (a truncated archive, a bad
+    manifest, an HTML page instead of weights) are not worth keeping: a later
+    call would fail the same way, or, for an unpinned URL, find them current.
+    A checkpoint refused as unsafe stays: it may be loaded once trusted.
+    """
     try:
-        if sniff_archive(blob.path) is ArchiveKind.FILE:
-            return blob.path
-        return extract_to_cache(
-            blob.path, blob.sha256, cache, validate=verify_manifest_files
-        )
-    except _UNPACK_FAILURES:
-        # Bytes that can never be unpacked are not worth keeping: a later call
-        # would fail the same way, or, for an unpinned URL, find them current.
-        if blob.in_cache:
-            cache.forget(blob.url, blob.sha256)
+        yield
+    except _UNUSABLE:
+        if fetched.blob.in_cache:
+            fetched.cache.forget(fetched.blob.url, fetched.blob.sha256)
         raise
 
 
@@ -206,14 +245,15 @@ def load_state_dict(
     ...     load_state_dict(path, cache_dir=folder)["w"].tolist()
     [1.0, 1.0]
     """
-    root = fetch(source, sha256=sha256, cache_dir=cache_dir, progress=progress)
-    description = describe(root)
-    return _read_weights(
-        description.weights,
-        key=key,
-        map_location=map_location,
-        trust_pickle=trust_pickle,
-    )
+    fetched = _fetch(source, sha256, cache_dir, progress)
+    with _evicted_if_unusable(fetched):
+        description = describe(fetched.root)
+        return _read_weights(
+            description.weights,
+            key=key,
+            map_location=map_location,
+            trust_pickle=trust_pickle,
+        )
 
 
 def load_url(
@@ -226,6 +266,7 @@ def load_url(
     check: bool = True,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
+    key: str | None = None,
     trust_pickle: bool = False,
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
     **arch_kwargs: Any,
@@ -253,6 +294,9 @@ def load_url(
         Cache root; defaults to ``$ZOOLOAD_CACHE`` or the user cache folder.
     progress
         Progress bar on stderr: ``None`` shows it when stderr is a terminal.
+    key
+        Dotted key path of the weights inside a training checkpoint
+        (``"model"``, ``"ema.module"``); found automatically when omitted.
     trust_pickle
         Allow pickled weights to build any object, which runs code from the
         file; only for publishers you trust.
@@ -297,6 +341,7 @@ def load_url(
         check=check,
         cache_dir=cache_dir,
         progress=progress,
+        key=key,
         trust_pickle=trust_pickle,
         on_shape_mismatch=on_shape_mismatch,
         **arch_kwargs,
@@ -314,6 +359,7 @@ def load(
     check: bool = True,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
+    key: str | None = None,
     trust_pickle: bool = False,
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
     **arch_kwargs: Any,
@@ -340,8 +386,9 @@ def load(
     ('weight', 'bias')
     """
     clock = _StageClock()
-    root = fetch(url, sha256=sha256, cache_dir=cache_dir, progress=progress)
-    description = describe(root)
+    fetched = _fetch(url, sha256, cache_dir, progress)
+    with _evicted_if_unusable(fetched):
+        description = describe(fetched.root)
     clock.lap("fetch")
     factory, kwargs = _architecture(description, arch, arch_kwargs)
     report: LoadReport | None = None
@@ -353,14 +400,17 @@ def load(
     else:
         model = build_without_parameters(factory, kwargs)
         clock.lap("build")
-        options = _WeightOptions(strict, trust_pickle, on_shape_mismatch)
-        report = _load_weights(model, description, options)
+        options = _WeightOptions(strict, key, trust_pickle, on_shape_mismatch)
+        with _evicted_if_unusable(fetched):
+            report = _load_weights(model, description, options)
         model = model.to(map_location).eval()
         clock.lap("load")
     example = _check(model, description, check=check)
     clock.lap("check")
     logger.info("loaded %s in %.3f s", type(model).__name__, clock.total)
-    return LoadResult(model, report, root, description.manifest, example, clock.laps)
+    return LoadResult(
+        model, report, fetched.root, description.manifest, example, clock.laps
+    )
 
 
 @dataclass(slots=True)
@@ -403,6 +453,7 @@ class _WeightOptions:
     """How the weights step of :func:`load` reads and maps tensors."""
 
     strict: bool
+    key: str | None
     trust_pickle: bool
     on_shape_mismatch: ShapeMismatchPolicy | str
 
@@ -413,7 +464,9 @@ def _load_weights(
     manifest = description.manifest
     if manifest and manifest.dtype:
         model.to(getattr(torch, manifest.dtype))
-    tensors = _read_weights(description.weights, trust_pickle=options.trust_pickle)
+    tensors = _read_weights(
+        description.weights, key=options.key, trust_pickle=options.trust_pickle
+    )
     rules = [(r.pattern, r.replacement) for r in manifest.rename] if manifest else []
     report = load_into(
         model,

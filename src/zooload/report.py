@@ -130,6 +130,7 @@ def suggest_fixes(
     ... # doctest: +NORMALIZE_WHITESPACE
     'head.weight' is missing and 'fc.weight' has its shape [2]:
     add the rename rule (r'^fc\\.weight$', 'head.weight').
+    Map the names with rename rules, or load what fits with strict=False.
     """
     hints = [
         *_closest_names(report, checkpoint, model),
@@ -140,9 +141,9 @@ def suggest_fixes(
             "To keep the model's own tensors where shapes differ (a new "
             "classifier head), pass on_shape_mismatch='skip'."
         )
-    if not hints:
+    if report.missing or report.unexpected:
         hints.append(
-            "Fix the names with rename rules, or load partially with strict=False."
+            "Map the names with rename rules, or load what fits with strict=False."
         )
     return "\n".join(hints)
 
@@ -179,7 +180,9 @@ def _shared_prefix_hint(
         if model_prefixes
         else ""
     )
+    pattern = "^" + re.escape(prefixes[-1])
     return [
         f"All {len(names)} unexpected names start with {prefixes[-1]!r}{theirs}: "
-        f"pass strip_prefix={prefixes[-1]!r} or a rename rule."
+        f"rename them with a rule such as (r'{pattern}', ''), or pass "
+        f"strip_prefix={prefixes[-1]!r} to load_into."
     ]
