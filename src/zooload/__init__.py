@@ -27,6 +27,7 @@ from zooload.errors import (
     VerificationError,
     ZooloadError,
 )
+from zooload.inspection import CheckpointInfo, inspect
 from zooload.loading import LoadReport, load_into
 from zooload.manifest import Manifest
 from zooload.pack import pack
@@ -38,6 +39,7 @@ __all__ = [
     "ArchiveError",
     "CacheError",
     "CheckpointError",
+    "CheckpointInfo",
     "ConfigError",
     "DownloadError",
     "FormatError",
@@ -58,6 +60,7 @@ __all__ = [
     "ZooloadError",
     "__version__",
     "fetch",
+    "inspect",
     "load",
     "load_state_dict",
     "load_into",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,8 +21,3 @@ class ContentReader(Protocol):
         self, path: Path, *, map_location: str | torch.device, trust_pickle: bool
     ) -> Any: ...
 
-
-def header_metadata(path: Path) -> Mapping[str, str]:
-    """Metadata a format keeps beside the tensors; none by default."""
-    del path
-    return {}

@@ -1,0 +1,55 @@
+"""inspect: the summary of a checkpoint, for programs and for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import zooload
+
+
+def test_inspect_summarises_a_training_checkpoint(tmp_path: Path) -> None:
+    layers = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 7, "model": layers.state_dict(), "optimizer": {}}, path)
+
+    info = zooload.inspect(path)
+
+    assert info.files[0].format == "torch-zip"
+    assert info.files[0].weights_key == "model"
+    assert info.parameters == 3 * (16 + 4)
+    assert info.bytes_per_dtype == {"float32": 3 * 20 * 4}
+    assert info.tensors[0].name == "0.weight"
+    assert info.tensors[0].shape == (4, 4)
+    assert info.tensors[0].nbytes == 64
+    text = str(info)
+    assert "parameters  60" in text
+    assert "weights     under key 'model' of:" in text
+    assert "epoch: int" in text
+    assert "{0..2}.weight" in text
+
+
+def test_inspect_shows_safetensors_metadata_and_manifest(tmp_path: Path) -> None:
+    weights = {"weight": torch.ones(1, 2, dtype=torch.float16), "bias": torch.zeros(1)}
+    save_file(weights, tmp_path / "w.safetensors", metadata={"author": "lab"})
+    info = zooload.inspect(tmp_path / "w.safetensors")
+    assert info.files[0].metadata == {"author": "lab"}
+    assert info.bytes_per_dtype == {"float16": 4, "float32": 4}
+    assert "metadata    author: lab" in str(info)
+
+    packed = zooload.pack(
+        torch.nn.Linear(2, 1), tmp_path / "linear.zip", arch="inspect-linear"
+    )
+    info = zooload.inspect(packed)
+    assert info.manifest is not None
+    assert info.manifest.name == "inspect-linear"
+    assert "manifest    inspect-linear (architecture: inspect-linear)" in str(info)
+
+
+def test_inspect_long_tables_are_cut(tmp_path: Path) -> None:
+    weights = {f"block{i}.weight": torch.ones(i + 1) for i in range(50)}
+    save_file(weights, tmp_path / "w.safetensors")
+    text = str(zooload.inspect(tmp_path / "w.safetensors"))
+    assert "  ... 10 more" in text
