@@ -39,7 +39,7 @@ def render_report(report: LoadReport) -> str:
         ("unexpected", collapse_names(report.unexpected)),
         ("mismatched", _pairs(report.mismatched, "checkpoint", "model")),
         ("skipped", collapse_names(report.skipped)),
-        ("renamed", [f"{old} -> {new}" for old, new in report.renamed.items()]),
+        ("renamed", collapse_renames(report.renamed)),
         ("cast", [f"{name}: {a} -> {b}" for name, (a, b) in report.cast.items()]),
         ("prefix", [report.prefix] if report.prefix else []),
     ]
@@ -96,6 +96,36 @@ def collapse_names(names: Iterable[str]) -> list[str]:
             order.append(key)
         groups[key].append(index)
     return [_render_group(key, groups[key]) for key in order]
+
+
+def collapse_renames(renamed: Mapping[str, str]) -> list[str]:
+    """Render ``old -> new`` pairs, collapsing pairs that differ by one index.
+
+    Examples
+    --------
+    >>> collapse_renames({"m.h.0.w": "h.0.w", "m.h.1.w": "h.1.w", "m.x": "x"})
+    ['m.h.{0..1}.w -> h.{0..1}.w', 'm.x -> x']
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for old, new in renamed.items():
+        old_match, new_match = _INDEX.search(old), _INDEX.search(new)
+        same_index = (
+            old_match is not None
+            and new_match is not None
+            and old_match.group() == new_match.group()
+        )
+        if old_match is None or new_match is None or not same_index:
+            groups.setdefault((old, new), []).append(-1)
+            continue
+        key = (
+            old[: old_match.start()] + "{}" + old[old_match.end() :],
+            new[: new_match.start()] + "{}" + new[new_match.end() :],
+        )
+        groups.setdefault(key, []).append(int(new_match.group()))
+    return [
+        f"{_render_group(old, indices)} -> {_render_group(new, indices)}"
+        for (old, new), indices in groups.items()
+    ]
 
 
 def _render_group(key: str, indices: list[int]) -> str:
