@@ -82,9 +82,7 @@ def check_examples(
     >>> check_examples  # doctest: +ELLIPSIS
     <function check_examples at ...>
     """
-    tensors = safetensors_file.read(
-        examples_path, map_location="cpu", trust_pickle=False
-    )
+    tensors = safetensors_file.read(examples_path, map_location="cpu")
     inputs = _pick(tensors, spec.inputs, "examples.inputs")
     expected = _pick(tensors, spec.outputs, "examples.outputs")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

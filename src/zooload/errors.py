@@ -175,8 +175,9 @@ class UnsafeCheckpointError(CheckpointError):
         names = ", ".join(globals_needed) or "(unknown)"
         message = (
             f"{path} needs globals that weights-only unpickling refuses: {names}. "
-            "Loading it could run code from the file. Only if you trust its "
-            "publisher, pass trust_pickle=True to unpickle everything."
+            "Loading it could run code from the file. If you trust its "
+            "publisher, allow exactly these with allow_globals=[...] (or, for "
+            "everything, trust_pickle=True)."
         )
         super().__init__(message)
         self.path = path

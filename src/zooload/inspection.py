@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zooload.formats import Checkpoint, read_checkpoint
+from zooload.formats import Checkpoint, PickleTrust, read_checkpoint
 from zooload.manifest import Manifest, describe
 from zooload.pipeline import PathOrUrl, fetch
 from zooload.report import collapse_names
@@ -86,6 +86,7 @@ def inspect(
     *,
     key: str | None = None,
     trust_pickle: bool = False,
+    allow_globals: Sequence[str] = (),
     cache_dir: PathOrUrl | None = None,
 ) -> CheckpointInfo:
     """Summarise a checkpoint without loading it into a model.
@@ -99,6 +100,8 @@ def inspect(
         Dotted key path of the weights in a training checkpoint.
     trust_pickle
         Allow pickles to build any object (runs code from the file).
+    allow_globals
+        Names of the extra globals a pickle may build (``"mypkg.Config"``).
     cache_dir
         Cache root for remote sources.
 
@@ -121,12 +124,11 @@ def inspect(
     ...     info.files[0].weights_key, info.parameters
     ('model', 6)
     """
+    trust = PickleTrust(trust_pickle, tuple(allow_globals))
     root = fetch(source, cache_dir=cache_dir)
     description = describe(root)
     files = tuple(
-        _file_info(
-            read_checkpoint(path, map_location="meta", trust_pickle=trust_pickle), key
-        )
+        _file_info(read_checkpoint(path, map_location="meta", trust=trust), key)
         for path in description.weights
     )
     return CheckpointInfo(str(source), files, description.manifest)

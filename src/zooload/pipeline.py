@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,14 @@ from zooload.errors import (
     StateDictError,
 )
 from zooload.fetching import Blob, fetch_blob, parse_location
-from zooload.formats import CheckpointFormat, StateDict, read_state_dict, sniff_format
+from zooload.formats import (
+    CheckpointFormat,
+    PickleTrust,
+    StateDict,
+    read_state_dict,
+    sniff_format,
+)
+from zooload.formats.common import NO_TRUST
 from zooload.formats.torchscript import load_program
 from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into
 from zooload.manifest import Description, Manifest, describe, verify_manifest_files
@@ -195,6 +202,7 @@ def load_state_dict(
     key: str | None = None,
     map_location: str | torch.device = "cpu",
     trust_pickle: bool = False,
+    allow_globals: Sequence[str] = (),
     sha256: str | None = None,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
@@ -218,6 +226,10 @@ def load_state_dict(
     trust_pickle
         Allow pickles to build any object, which runs code from the file;
         only for files from publishers you trust.
+    allow_globals
+        Names of the extra globals a pickle may build (``"mypkg.Config"``),
+        as an :class:`~zooload.UnsafeCheckpointError` lists them; the
+        narrow alternative to ``trust_pickle``.
     sha256, cache_dir, progress
         As for :func:`fetch`.
 
@@ -252,7 +264,7 @@ def load_state_dict(
             description.weights,
             key=key,
             map_location=map_location,
-            trust_pickle=trust_pickle,
+            trust=PickleTrust(trust_pickle, tuple(allow_globals)),
         )
 
 
@@ -268,6 +280,7 @@ def load_url(
     progress: bool | None = None,
     key: str | None = None,
     trust_pickle: bool = False,
+    allow_globals: Sequence[str] = (),
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
     **arch_kwargs: Any,
 ) -> nn.Module:
@@ -300,6 +313,9 @@ def load_url(
     trust_pickle
         Allow pickled weights to build any object, which runs code from the
         file; only for publishers you trust.
+    allow_globals
+        Names of the extra globals pickled weights may build, as an
+        :class:`~zooload.UnsafeCheckpointError` lists them.
     on_shape_mismatch
         ``"skip"`` keeps the architecture's own initialised tensor where the
         checkpoint's shape differs (see :func:`load_into`).
@@ -343,6 +359,7 @@ def load_url(
         progress=progress,
         key=key,
         trust_pickle=trust_pickle,
+        allow_globals=allow_globals,
         on_shape_mismatch=on_shape_mismatch,
         **arch_kwargs,
     )
@@ -361,6 +378,7 @@ def load(
     progress: bool | None = None,
     key: str | None = None,
     trust_pickle: bool = False,
+    allow_globals: Sequence[str] = (),
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
     **arch_kwargs: Any,
 ) -> LoadResult:
@@ -400,7 +418,8 @@ def load(
     else:
         model = build_without_parameters(factory, kwargs)
         clock.lap("build")
-        options = _WeightOptions(strict, key, trust_pickle, on_shape_mismatch)
+        trust = PickleTrust(trust_pickle, tuple(allow_globals))
+        options = _WeightOptions(strict, key, trust, on_shape_mismatch)
         with _evicted_if_unusable(fetched):
             report = _load_weights(model, description, options)
         model = model.to(map_location).eval()
@@ -454,7 +473,7 @@ class _WeightOptions:
 
     strict: bool
     key: str | None
-    trust_pickle: bool
+    trust: PickleTrust
     on_shape_mismatch: ShapeMismatchPolicy | str
 
 
@@ -464,9 +483,7 @@ def _load_weights(
     manifest = description.manifest
     if manifest and manifest.dtype:
         model.to(getattr(torch, manifest.dtype))
-    tensors = _read_weights(
-        description.weights, key=options.key, trust_pickle=options.trust_pickle
-    )
+    tensors = _read_weights(description.weights, key=options.key, trust=options.trust)
     rules = [(r.pattern, r.replacement) for r in manifest.rename] if manifest else []
     report = load_into(
         model,
@@ -484,13 +501,11 @@ def _read_weights(
     *,
     key: str | None = None,
     map_location: str | torch.device = "cpu",
-    trust_pickle: bool = False,
+    trust: PickleTrust = NO_TRUST,
 ) -> StateDict:
     tensors: StateDict = {}
     for path in paths:
-        part = read_state_dict(
-            path, key=key, map_location=map_location, trust_pickle=trust_pickle
-        )
+        part = read_state_dict(path, key=key, map_location=map_location, trust=trust)
         for name, tensor in part.items():
             if name in tensors:
                 message = (

@@ -29,7 +29,7 @@ from zooload.formats import (
     torch_pickle,
     torchscript,
 )
-from zooload.formats.common import ContentReader, StateDict
+from zooload.formats.common import NO_TRUST, ContentReader, PickleTrust, StateDict
 from zooload.unwrap import unwrap
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ __all__ = [
     "READERS",
     "Checkpoint",
     "CheckpointFormat",
+    "PickleTrust",
     "StateDict",
     "read_checkpoint",
     "read_state_dict",
@@ -75,7 +76,7 @@ class Checkpoint:
 
 
 def _read_sharded(
-    path: Path, *, map_location: str | torch.device, trust_pickle: bool
+    path: Path, *, map_location: str | torch.device, trust: PickleTrust = NO_TRUST
 ) -> StateDict:
     plan = sharded.plan_shards(path)
     tensors: StateDict = {}
@@ -84,9 +85,7 @@ def _read_sharded(
         if shard_format is CheckpointFormat.SHARDED_INDEX:
             hint = "An index must point at checkpoint files, not at another index."
             raise FormatError(str(shard), "a shard", "another shard index", hint)
-        content = READERS[shard_format](
-            shard, map_location=map_location, trust_pickle=trust_pickle
-        )
+        content = READERS[shard_format](shard, map_location=map_location, trust=trust)
         part = unwrap(content, source=str(shard)).tensors
         if set(part) != names:
             hint = "Download the index and its shards again from the same revision."
@@ -148,7 +147,10 @@ def sniff_format(path: Path) -> CheckpointFormat:
 
 
 def read_checkpoint(
-    path: Path, *, map_location: str | torch.device = "cpu", trust_pickle: bool = False
+    path: Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    trust: PickleTrust = NO_TRUST,
 ) -> Checkpoint:
     """Read what a checkpoint file holds, choosing the reader by content.
 
@@ -158,9 +160,9 @@ def read_checkpoint(
         A checkpoint file or shard index.
     map_location
         Device for the tensors.
-    trust_pickle
-        Allow pickles to build any object (runs code from the file); off by
-        default, when only weights-only unpickling is used.
+    trust
+        What pickles may build beyond weights; by default nothing
+        (weights-only unpickling).
 
     Returns
     -------
@@ -186,9 +188,7 @@ def read_checkpoint(
     """
     checkpoint_format = sniff_format(path)
     logger.debug("reading %s as %s", path, checkpoint_format.value)
-    content = READERS[checkpoint_format](
-        path, map_location=map_location, trust_pickle=trust_pickle
-    )
+    content = READERS[checkpoint_format](path, map_location=map_location, trust=trust)
     metadata: Mapping[str, str] = {}
     if checkpoint_format is CheckpointFormat.SAFETENSORS:
         metadata = safetensors_file.header_metadata(path)
@@ -200,7 +200,7 @@ def read_state_dict(
     *,
     key: str | None = None,
     map_location: str | torch.device = "cpu",
-    trust_pickle: bool = False,
+    trust: PickleTrust = NO_TRUST,
 ) -> StateDict:
     """Read the weights of a checkpoint file, unwrapping a training checkpoint.
 
@@ -213,8 +213,8 @@ def read_state_dict(
         automatically when omitted.
     map_location
         Device for the tensors.
-    trust_pickle
-        Allow pickles to build any object; see :func:`read_checkpoint`.
+    trust
+        What pickles may build beyond weights; see :func:`read_checkpoint`.
 
     Returns
     -------
@@ -238,9 +238,7 @@ def read_state_dict(
     ...     read_state_dict(path)["w"].tolist()
     [1.0, 1.0]
     """
-    checkpoint = read_checkpoint(
-        path, map_location=map_location, trust_pickle=trust_pickle
-    )
+    checkpoint = read_checkpoint(path, map_location=map_location, trust=trust)
     tensors = unwrap(checkpoint.content, key=key, source=str(path)).tensors
     logger.info("read %d tensors from %s", len(tensors), path.name)
     return tensors

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class PickleTrust:
+    """What a pickle may build beyond weights; see docs/SECURITY.md.
+
+    ``everything`` lifts every restriction (the file may run code).
+    ``allowed_globals`` names the extra globals (``"mypkg.Config"``) that
+    weights-only unpickling may build; the caller names each one.
+    """
+
+    everything: bool = False
+    allowed_globals: tuple[str, ...] = ()
+
+
+NO_TRUST = PickleTrust()
 
 
 class ContentReader(Protocol):
@@ -18,6 +35,9 @@ class ContentReader(Protocol):
     """
 
     def __call__(
-        self, path: Path, *, map_location: str | torch.device, trust_pickle: bool
+        self,
+        path: Path,
+        *,
+        map_location: str | torch.device,
+        trust: PickleTrust = NO_TRUST,
     ) -> Any: ...
-

@@ -13,11 +13,11 @@ import numpy
 import torch
 
 from zooload.errors import FormatError
-from zooload.formats.common import StateDict
+from zooload.formats.common import NO_TRUST, PickleTrust, StateDict
 
 
 def read(
-    path: Path, *, map_location: str | torch.device, trust_pickle: bool
+    path: Path, *, map_location: str | torch.device, trust: PickleTrust = NO_TRUST
 ) -> StateDict:
     """Read every array of an ``.npz`` file as a tensor.
 
@@ -27,7 +27,7 @@ def read(
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = pathlib.Path(folder, "w.npz")
     ...     numpy.savez(path, w=numpy.ones(2, dtype="float32"))
-    ...     read(path, map_location="cpu", trust_pickle=False)["w"].tolist()
+    ...     read(path, map_location="cpu")["w"].tolist()
     [1.0, 1.0]
     """
     try:

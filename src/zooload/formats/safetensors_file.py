@@ -15,13 +15,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from zooload.errors import FormatError
-from zooload.formats.common import StateDict
+from zooload.formats.common import NO_TRUST, PickleTrust, StateDict
 
 _HINT = "The file is truncated or damaged; download it again."
 
 
 def read(
-    path: Path, *, map_location: str | torch.device, trust_pickle: bool
+    path: Path, *, map_location: str | torch.device, trust: PickleTrust = NO_TRUST
 ) -> StateDict:
     """Read every tensor of a safetensors file (no pickle is involved).
 
@@ -32,7 +32,7 @@ def read(
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = pathlib.Path(folder, "w.safetensors")
     ...     save_file({"w": torch.ones(2)}, path)
-    ...     read(path, map_location="cpu", trust_pickle=False)["w"].tolist()
+    ...     read(path, map_location="cpu")["w"].tolist()
     [1.0, 1.0]
     """
     device = str(torch.device(map_location))

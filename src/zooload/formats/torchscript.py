@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zooload.errors import FormatError
-from zooload.formats.common import StateDict
+from zooload.formats.common import NO_TRUST, PickleTrust, StateDict
 
 _DEPRECATION = r"`torch\.jit\.load` is deprecated"
 
@@ -51,7 +51,7 @@ def load_program(path: Path, *, map_location: str | torch.device) -> nn.Module:
 
 
 def read(
-    path: Path, *, map_location: str | torch.device, trust_pickle: bool
+    path: Path, *, map_location: str | torch.device, trust: PickleTrust = NO_TRUST
 ) -> StateDict:
     """Read the state dict of a TorchScript program.
 
@@ -61,7 +61,7 @@ def read(
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = pathlib.Path(folder, "m.jit")
     ...     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 1)), path)
-    ...     sorted(read(path, map_location="cpu", trust_pickle=False))
+    ...     sorted(read(path, map_location="cpu"))
     ['bias', 'weight']
     """
     program = load_program(path, map_location=map_location)
