@@ -29,7 +29,13 @@ from zooload.formats import (
     torch_pickle,
     torchscript,
 )
-from zooload.formats.common import NO_TRUST, ContentReader, PickleTrust, StateDict
+from zooload.formats.common import (
+    DAMAGED_FILE_ERRORS,
+    NO_TRUST,
+    ContentReader,
+    PickleTrust,
+    StateDict,
+)
 from zooload.unwrap import unwrap
 
 logger = logging.getLogger(__name__)
@@ -248,7 +254,7 @@ def _zip_format(path: Path) -> CheckpointFormat:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
+    except DAMAGED_FILE_ERRORS as err:
         hint = "The file is truncated or damaged; download it again."
         raise FormatError(str(path), _EXPECTED, f"a damaged zip ({err})", hint) from err
     if names and all(name.endswith(".npy") for name in names):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+import struct
+import tarfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +30,34 @@ class PickleTrust:
 
 
 NO_TRUST = PickleTrust()
+
+DAMAGED_FILE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    OSError,
+    RuntimeError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    MemoryError,
+    UnicodeDecodeError,
+    struct.error,
+    zlib.error,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+    tarfile.TarError,
+    # torch's legacy loader checks its storage table with assert statements.
+    AssertionError,
+)
+"""What torch, numpy, zipfile and pickle raise on damaged input.
+
+Fuzzing the readers (tests/test_fuzz_readers.py) found each of these coming
+out of a third-party reader for some truncated or bit-flipped file. Readers
+turn them into :class:`~zooload.errors.FormatError`; our own errors are
+raised outside these handlers, so none is swallowed.
+"""
 
 
 class ContentReader(Protocol):

@@ -6,14 +6,13 @@ of the format that can run code, are refused.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy
 import torch
 
 from zooload.errors import FormatError
-from zooload.formats.common import NO_TRUST, PickleTrust, StateDict
+from zooload.formats.common import DAMAGED_FILE_ERRORS, NO_TRUST, PickleTrust, StateDict
 
 
 def read(
@@ -42,6 +41,6 @@ def read(
         raise FormatError(
             str(path), "an npz file of numeric arrays", seen, hint
         ) from err
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
+    except DAMAGED_FILE_ERRORS as err:
         hint = "The file is truncated or damaged; download it again."
         raise FormatError(str(path), "a readable npz file", f"{err}", hint) from err

@@ -15,9 +15,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from zooload.errors import FormatError
-from zooload.formats.common import NO_TRUST, PickleTrust, StateDict
+from zooload.formats.common import DAMAGED_FILE_ERRORS, NO_TRUST, PickleTrust, StateDict
 
 _HINT = "The file is truncated or damaged; download it again."
+_READ_ERRORS: tuple[type[Exception], ...] = (SafetensorError, *DAMAGED_FILE_ERRORS)
 
 
 def read(
@@ -40,7 +41,7 @@ def read(
         return _header_tensors(path)
     try:
         return dict(load_file(path, device=device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+    except _READ_ERRORS as err:
         seen = f"a damaged safetensors file ({err})"
         raise FormatError(
             str(path), "a readable safetensors file", seen, _HINT
@@ -74,7 +75,7 @@ def _header_tensors(path: Path) -> StateDict:
                 )
                 for name, piece in slices.items()
             }
-    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
+    except _READ_ERRORS as err:
         seen = f"a damaged safetensors file ({err})"
         raise FormatError(
             str(path), "a readable safetensors file", seen, _HINT
@@ -102,7 +103,7 @@ def tensor_names(path: Path) -> list[str]:
     try:
         with safe_open(path, framework="pt") as handle:
             return list(handle.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+    except _READ_ERRORS as err:
         seen = f"a damaged safetensors file ({err})"
         raise FormatError(
             str(path), "a readable safetensors file", seen, _HINT
@@ -114,7 +115,7 @@ def header_metadata(path: Path) -> Mapping[str, str]:
     try:
         with safe_open(path, framework="pt") as handle:
             return dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+    except _READ_ERRORS as err:
         seen = f"a damaged safetensors file ({err})"
         raise FormatError(
             str(path), "a readable safetensors file", seen, _HINT

@@ -24,7 +24,7 @@ import numpy
 import torch
 
 from zooload.errors import ConfigError, FormatError, UnsafeCheckpointError
-from zooload.formats.common import NO_TRUST, PickleTrust
+from zooload.formats.common import DAMAGED_FILE_ERRORS, NO_TRUST, PickleTrust
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def read(
             needed = _unsafe_globals(path, err, trust.allowed_globals)
             raise UnsafeCheckpointError(str(path), needed) from err
         raise _damaged(path, err) from err
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+    except DAMAGED_FILE_ERRORS as err:
         raise _damaged(path, err) from err
 
 
@@ -153,7 +153,7 @@ def _unsafe_globals(
     if zipfile.is_zipfile(path):
         try:
             listed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except (RuntimeError, ValueError, pickle.UnpicklingError):
+        except DAMAGED_FILE_ERRORS:
             logger.debug("could not list the globals of %s", path)
     named = {_python3_name(name) for name in listed}
     return sorted(name for name in named if name not in allowed)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zooload.errors import FormatError
-from zooload.formats.common import NO_TRUST, PickleTrust, StateDict
+from zooload.formats.common import DAMAGED_FILE_ERRORS, NO_TRUST, PickleTrust, StateDict
 
 _DEPRECATION = r"`torch\.jit\.load` is deprecated"
 
@@ -43,7 +43,7 @@ def load_program(path: Path, *, map_location: str | torch.device) -> nn.Module:
             program: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(path), map_location=map_location
             )
-    except (RuntimeError, ValueError, OSError) as err:
+    except DAMAGED_FILE_ERRORS as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else "error"
         hint = "The file is truncated or damaged; download it again."
         raise FormatError(str(path), "a TorchScript program", first_line, hint) from err
