@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from support.httpserver import LoopbackServer
-
 from zooload import RetryPolicy
 
 _paths = itertools.count()

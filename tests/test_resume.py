@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from support.builders import blobs_intact, cache_files, partial_files, sha256_of
-from support.httpserver import Fault
 
 import zooload
+from support.builders import blobs_intact, cache_files, partial_files, sha256_of
+from support.httpserver import Fault
 
 DATA = os.urandom(600_000)
 PIN = sha256_of(DATA)

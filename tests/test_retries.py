@@ -10,10 +10,10 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from support.builders import cache_files, sha256_of
-from support.httpserver import Fault
 
 import zooload
+from support.builders import cache_files, sha256_of
+from support.httpserver import Fault
 
 DATA = os.urandom(300_000)
 
