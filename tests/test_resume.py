@@ -49,7 +49,9 @@ def test_resume_after_a_failed_call_the_next_call_resumes(
     served.server.fault(served.path("m.bin"), Fault(truncate_after=250_000, times=1))
     once = zooload.RetryPolicy(attempts=1, sleep=retry.sleep, clock=retry.clock)
 
-    with pytest.raises(zooload.DownloadError, match="Gave up after 1 attempts"):
+    with pytest.raises(
+        zooload.DownloadError, match="Gave up after 1 failed attempt in a row"
+    ):
         zooload.fetch(_pinned(url), cache_dir=cache_dir, retry=once)
 
     # Nothing half-written is visible as a blob; the bytes wait in partial/.

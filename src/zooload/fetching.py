@@ -31,7 +31,7 @@ from zooload.hashing import file_digest, normalize_digest
 from zooload.partials import PartialDownload
 from zooload.retries import with_retries
 from zooload.settings import OFFLINE_ENV, FetchOptions, resolve_options
-from zooload.sources import TRANSPORTS, Transfer
+from zooload.sources import TRANSPORTS, Transfer, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +246,8 @@ def _from_candidates(
     """Try each mirror in order, then the URL itself; the pin judges the bytes."""
     *mirrors, original = options.candidates(location.url)
     for mirror in mirrors:
+        _transport_for(mirror)
+    for mirror in mirrors:
         try:
             return _from_source(mirror, location, cache, known, options)
         except (DownloadError, HashMismatchError) as err:
@@ -291,16 +293,22 @@ def _transfer(
     known: UrlRecord | None,
     options: FetchOptions,
 ) -> Transfer:
-    scheme = urlsplit(source).scheme.lower()
-    transport = TRANSPORTS.get(scheme)
-    if transport is None:
-        message = f"cannot download {source}: no transport for {scheme!r} URLs."
-        raise ConfigError(message)
+    transport = _transport_for(source)
     return with_retries(
         lambda: transport(source, partial, known=known, options=options),
         options.retry,
         position=lambda: partial.offset,
     )
+
+
+def _transport_for(source: str) -> Transport:
+    scheme = urlsplit(source).scheme.lower()
+    transport = TRANSPORTS.get(scheme)
+    if transport is None:
+        known = ", ".join(sorted(TRANSPORTS))
+        message = f"cannot download {source}: {scheme!r} is not one of {known}."
+        raise ConfigError(message)
+    return transport
 
 
 def _verified(

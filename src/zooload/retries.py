@@ -185,15 +185,15 @@ def _delay_or_give_up(
     delay = policy.delay(failures=streak.failures, retry_after=err.retry_after)
     elapsed = policy.clock() - streak.started
     if streak.failures >= policy.attempts:
-        reason = f"{streak.failures} attempts"
+        plural = "s" if streak.failures > 1 else ""
+        reason = f"{streak.failures} failed attempt{plural} in a row"
     elif elapsed + delay > policy.total_seconds:
-        reason = f"{elapsed:.0f} s, with {delay:.0f} s more to wait"
+        reason = f"{elapsed:.0f} s of failures, with {delay:.0f} s more to wait"
     else:
         return delay
     message = (
-        f"{err} Gave up after {reason} without progress; RetryPolicy(attempts="
-        f"{policy.attempts}, total_seconds={policy.total_seconds:.0f}) sets "
-        "these limits."
+        f"{err} Gave up after {reason}; RetryPolicy(attempts={policy.attempts}, "
+        f"total_seconds={policy.total_seconds:.0f}) sets these limits."
     )
     raise DownloadError(
         message, err.url, err.status, retryable=True, retry_after=err.retry_after
