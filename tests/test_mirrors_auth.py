@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
@@ -262,9 +263,8 @@ def test_headers_from_the_environment(
     served, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = served.add("m.bin", DATA)
-    monkeypatch.setenv(
-        "ZOOLOAD_HEADERS", '{"127.0.0.1": {"Authorization": "%s"}}' % SECRET
-    )
+    setting = json.dumps({"127.0.0.1": {"Authorization": SECRET}})
+    monkeypatch.setenv("ZOOLOAD_HEADERS", setting)
     zooload.fetch(url, cache_dir=cache_dir)
     assert _auth(served.server, served.path("m.bin")) == [SECRET]
 
@@ -272,10 +272,10 @@ def test_headers_from_the_environment(
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ('{"127.0.0.1": {"Authorization": "%s"' % SECRET, "is not valid JSON"),
-        ('["%s"]' % SECRET, "must map a host"),
-        ('{"h": "%s"}' % SECRET, "must map header names"),
-        ('{"h": {"Authorization": "%s\\nX: y"}}' % SECRET, "one-line string"),
+        (f'{{"127.0.0.1": {{"Authorization": "{SECRET}"', "is not valid JSON"),
+        (f'["{SECRET}"]', "must map a host"),
+        (f'{{"h": "{SECRET}"}}', "must map header names"),
+        (f'{{"h": {{"Authorization": "{SECRET}\\nX: y"}}}}', "one-line string"),
     ],
 )
 def test_headers_malformed_settings_never_echo_the_secret(
