@@ -242,20 +242,21 @@ def prune_cache(max_bytes: int, *, cache_dir: PathLike | None = None) -> PruneRe
     ()
     """
     cache = Cache.open(cache_dir)
-    size = cache_size(cache_dir=cache.root)
+    before = cache_size(cache_dir=cache.root)
     _drop_leftovers(cache)
-    trimmed = cache_size(cache_dir=cache.root)
+    estimate = cache_size(cache_dir=cache.root)
     removed, skipped = [], []
     for entry in reversed(cache_entries(cache_dir=cache.root)):
-        if trimmed <= max_bytes:
+        if estimate <= max_bytes:
             break
         if _remove(cache, entry):
             removed.append(entry)
-            trimmed -= entry.size
+            estimate -= entry.size
         else:
             skipped.append(entry)
-    logger.info("pruned %d entries, %d bytes", len(removed), size - trimmed)
-    return PruneResult(tuple(removed), tuple(skipped), size - trimmed, trimmed)
+    after = cache_size(cache_dir=cache.root)
+    logger.info("pruned %d entries, %d bytes", len(removed), before - after)
+    return PruneResult(tuple(removed), tuple(skipped), before - after, after)
 
 
 def verify_cache(
