@@ -127,3 +127,17 @@ def test_offline_revalidation_not_modified_keeps_the_blob(
     second = zooload.fetch(url, cache_dir=cache_dir)
     assert first == second
     assert served.server.requests[-1].status == 304
+
+
+def test_offline_load_state_dict_takes_the_fetch_settings(
+    served, cache_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    url = served.add("w.pt", (tmp_path / "w.pt").read_bytes())
+    with pytest.raises(zooload.NotCachedError):
+        zooload.load_state_dict(url, cache_dir=cache_dir, offline=True)
+    mirrors = {"https://unused.example/": "https://mirror.example/"}
+    tensors = zooload.load_state_dict(url, cache_dir=cache_dir, mirrors=mirrors)
+    assert tensors["w"].tolist() == [1.0, 1.0]

@@ -197,10 +197,16 @@ class Cache:
         return stack
 
     def mark_used(self, sha256: str) -> None:
-        """Record that a blob was used: its mtime is its last use (for pruning)."""
+        """Record that a blob was used: its access time is its last use.
+
+        The access time is set explicitly, since mounts with ``noatime`` or
+        ``relatime`` do not keep it; the modification time stays that of the
+        download.
+        """
         # A read-only cache still serves its blobs; it just ages them wrongly.
         with contextlib.suppress(OSError):
-            os.utime(self.blob_path(sha256))
+            path = self.blob_path(sha256)
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
 
     def publish_blob(self, partial: Path, sha256: str) -> Path:
         """Move a verified partial file to its blob path and return that path.

@@ -2,7 +2,7 @@
 
 An entry is one blob (downloaded bytes, named by their sha256), its extracted
 tree if any, and the URLs whose records point at it. An entry's last use is
-its blob's modification time, which every fetch that serves the blob renews.
+its blob's access time, which every fetch that serves the blob renews.
 Removal takes the entry's locks without waiting: an entry that another
 process is downloading, revalidating or extracting is left alone. The layout
 is described in ``docs/CACHE.md``.
@@ -292,11 +292,20 @@ def verify_cache(
     cache = Cache.open(cache_dir)
     corrupt = []
     for entry in cache_entries(cache_dir=cache.root):
-        actual = file_digest(entry.path)
+        actual = _digest_keeping_last_use(entry)
         if actual != entry.sha256:
             removed = remove_corrupt and _remove(cache, entry)
             corrupt.append(CorruptBlob(entry, actual, removed))
     return tuple(corrupt)
+
+
+def _digest_keeping_last_use(entry: CacheEntry) -> str:
+    # Reading a blob may move its access time, which is its last use: a check
+    # of the whole cache must not make every entry look fresh to pruning.
+    modified = entry.path.stat().st_mtime_ns
+    digest = file_digest(entry.path)
+    os.utime(entry.path, ns=(int(entry.last_used * 1e9), modified))
+    return digest
 
 
 def _urls_by_blob(cache: Cache) -> dict[str, tuple[str, ...]]:
@@ -309,7 +318,7 @@ def _urls_by_blob(cache: Cache) -> dict[str, tuple[str, ...]]:
 def _entry(cache: Cache, path: Path, urls: tuple[str, ...]) -> CacheEntry:
     status = path.stat()
     tree = _disk_size(cache.tree_path(path.name))
-    return CacheEntry(path.name, urls, status.st_size + tree, status.st_mtime, path)
+    return CacheEntry(path.name, urls, status.st_size + tree, status.st_atime, path)
 
 
 def _disk_size(folder: Path) -> int:

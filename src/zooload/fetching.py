@@ -119,7 +119,11 @@ def _fragment_pin(fragment: str, url: str) -> str | None:
 
 
 def fetch_blob(
-    location: Location, cache: Cache, *, options: FetchOptions | None = None
+    location: Location,
+    cache: Cache,
+    *,
+    progress: bool | None = None,
+    options: FetchOptions | None = None,
 ) -> Blob:
     """Return verified bytes for ``location``, downloading into ``cache`` if needed.
 
@@ -129,6 +133,9 @@ def fetch_blob(
         From :func:`parse_location`.
     cache
         The cache to read and publish into.
+    progress
+        Show a progress bar for downloads (``None``: when stderr is a
+        terminal); used when ``options`` is not given.
     options
         Offline mode, mirrors, headers, retries and progress; ``None`` reads
         them from the environment (:func:`~zooload.settings.resolve_options`).
@@ -158,7 +165,7 @@ def fetch_blob(
     """
     if location.is_local:
         return _read_local(location)
-    options = options or resolve_options()
+    options = options or resolve_options(progress=progress)
     if location.sha256 and cache.has_blob(location.sha256):
         logger.debug("cache hit for pinned %s", location.url)
         return _cached_blob(location, cache, location.sha256)

@@ -239,6 +239,10 @@ def load_state_dict(
     sha256: str | None = None,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
+    offline: bool | None = None,
+    mirrors: MirrorsArgument | None = None,
+    headers: HeadersArgument | None = None,
+    retry: RetryPolicy | None = None,
 ) -> StateDict:
     """Read the weights of any checkpoint, local or remote, as a state dict.
 
@@ -263,7 +267,7 @@ def load_state_dict(
         Names of the extra globals a pickle may build (``"mypkg.Config"``),
         as an :class:`~zooload.UnsafeCheckpointError` lists them; the
         narrow alternative to ``trust_pickle``.
-    sha256, cache_dir, progress
+    sha256, cache_dir, progress, offline, mirrors, headers, retry
         As for :func:`fetch`.
 
     Returns
@@ -290,7 +294,14 @@ def load_state_dict(
     ...     load_state_dict(path, cache_dir=folder)["w"].tolist()
     [1.0, 1.0]
     """
-    fetched = _fetch(source, sha256, cache_dir, resolve_options(progress=progress))
+    settings = resolve_options(
+        offline=offline,
+        mirrors=mirrors,
+        headers=headers,
+        retry=retry,
+        progress=progress,
+    )
+    fetched = _fetch(source, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):
         description = describe(fetched.root)
         return _read_weights(
