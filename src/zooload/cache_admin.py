@@ -5,7 +5,8 @@ tree if any, and the URLs whose records point at it. An entry's last use is
 its blob's access time, which every fetch that serves the blob renews.
 Removal takes the entry's locks without waiting: an entry that another
 process is downloading, revalidating or extracting is left alone. The layout
-is described in ``docs/CACHE.md``.
+is described in ``docs/CACHE.md``; a command line over these functions is
+KL-010.
 """
 
 from __future__ import annotations

@@ -104,6 +104,8 @@ def download_object(
 def _filesystem(url: str, policy: RetryPolicy) -> tuple[Any, str]:
     scheme = url.partition("://")[0]
     storage: dict[str, Any] = {}
+    # Only S3's timeouts are passed through; other stores keep their own
+    # (KL-009).
     if scheme in {"s3", "s3a"}:
         timeouts = {"connect_timeout": policy.connect_timeout}
         storage["config_kwargs"] = {**timeouts, "read_timeout": policy.stall_timeout}
