@@ -20,6 +20,16 @@ def _pinned(url: str, data: bytes = DATA) -> str:
     return f"{url}#sha256={sha256_of(data)}"
 
 
+def _interrupt(served, cache_dir: Path, *, after: int) -> str:
+    """Serve DATA, and make one call that fails after ``after`` bytes."""
+    url = served.add("m.bin", DATA)
+    served.server.fault(served.path("m.bin"), Fault(truncate_after=after, times=1))
+    once = zooload.RetryPolicy(attempts=1)
+    with pytest.raises(zooload.DownloadError, match="1 failed attempt in a row"):
+        zooload.fetch(_pinned(url), cache_dir=cache_dir, retry=once)
+    return url
+
+
 def test_resume_continues_a_dropped_connection_with_a_range_request(
     served, cache_dir: Path, retry: zooload.RetryPolicy
 ) -> None:
@@ -45,14 +55,7 @@ def test_resume_continues_a_dropped_connection_with_a_range_request(
 def test_resume_after_a_failed_call_the_next_call_resumes(
     served, cache_dir: Path, retry: zooload.RetryPolicy
 ) -> None:
-    url = served.add("m.bin", DATA)
-    served.server.fault(served.path("m.bin"), Fault(truncate_after=250_000, times=1))
-    once = zooload.RetryPolicy(attempts=1, sleep=retry.sleep, clock=retry.clock)
-
-    with pytest.raises(
-        zooload.DownloadError, match="Gave up after 1 failed attempt in a row"
-    ):
-        zooload.fetch(_pinned(url), cache_dir=cache_dir, retry=once)
+    url = _interrupt(served, cache_dir, after=250_000)
 
     # Nothing half-written is visible as a blob; the bytes wait in partial/.
     assert not (cache_dir / "blobs").exists() or not any(
@@ -68,11 +71,7 @@ def test_resume_after_a_failed_call_the_next_call_resumes(
 def test_resume_restarts_from_zero_when_the_server_ignores_range(
     served, cache_dir: Path, retry: zooload.RetryPolicy
 ) -> None:
-    url = served.add("m.bin", DATA)
-    served.server.fault(served.path("m.bin"), Fault(truncate_after=300_000, times=1))
-    once = zooload.RetryPolicy(attempts=1, sleep=retry.sleep, clock=retry.clock)
-    with pytest.raises(zooload.DownloadError):
-        zooload.fetch(_pinned(url), cache_dir=cache_dir, retry=once)
+    url = _interrupt(served, cache_dir, after=300_000)
     served.server.fault(served.path("m.bin"), Fault(ignore_range=True))
 
     path = zooload.fetch(_pinned(url), cache_dir=cache_dir, retry=retry)
@@ -141,11 +140,7 @@ def test_resume_a_short_content_length_never_reaches_the_cache(
 def test_resume_of_corrupt_kept_bytes_is_redone_from_zero(
     served, cache_dir: Path, retry: zooload.RetryPolicy, caplog
 ) -> None:
-    url = served.add("m.bin", DATA)
-    served.server.fault(served.path("m.bin"), Fault(truncate_after=300_000, times=1))
-    once = zooload.RetryPolicy(attempts=1, sleep=retry.sleep, clock=retry.clock)
-    with pytest.raises(zooload.DownloadError):
-        zooload.fetch(_pinned(url), cache_dir=cache_dir, retry=once)
+    url = _interrupt(served, cache_dir, after=300_000)
     (kept,) = [
         path
         for path in (cache_dir / "partial").iterdir()

@@ -173,7 +173,11 @@ def _follow(
         response.close()
         following = response.next_request.url
         # Query strings of redirect targets often hold signatures: not logged.
-        logger.debug("%s redirects to %s", target, following.copy_with(query=None))
+        logger.debug(
+            "%s redirects to %s",
+            target.copy_with(query=None),
+            following.copy_with(query=None),
+        )
         # Headers never go back to plain HTTP once a hop left HTTPS.
         downgraded = downgraded or (target.scheme, following.scheme) == (
             "https",
@@ -242,7 +246,7 @@ def _content_range(
         f"{url} answered a resumed request with Content-Range {value!r} where "
         f"bytes {partial.offset}- were asked for; starting again from zero."
     )
-    raise DownloadError(message, url, status=206, retryable=True, retry_after=0.0)
+    raise DownloadError(message, url, status=206, retryable=True)
 
 
 def _raise_for_status(
@@ -253,10 +257,10 @@ def _raise_for_status(
         return
     if status == httpx.codes.REQUESTED_RANGE_NOT_SATISFIABLE:
         # The partial file is as long as the file or longer: it cannot be
-        # trusted, so the next attempt starts from zero, without waiting.
+        # trusted, so the next attempt starts from zero.
         partial.discard()
         message = f"{url} refused to resume (HTTP 416); starting again from zero."
-        raise DownloadError(message, url, status, retryable=True, retry_after=0.0)
+        raise DownloadError(message, url, status, retryable=True)
     retryable = status in {408, 429} or status >= httpx.codes.INTERNAL_SERVER_ERROR
     hint = _STATUS_HINTS.get(status) or (
         "try again later" if retryable else "check the URL"
