@@ -75,7 +75,7 @@ def test_parse_location_unsupported_scheme_raises() -> None:
     with pytest.raises(
         ConfigError,
         match=r"unsupported URL scheme 'ftp' in ftp://host/m\.pt; use one of: "
-        r"file, http, https\.",
+        r"abfs, abfss, az, file, gcs, gs, http, https, s3, s3a\.",
     ):
         parse_location("ftp://host/m.pt")
 

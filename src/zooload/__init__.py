@@ -7,6 +7,16 @@ True
 
 from zooload import zoo
 from zooload.architectures import register, registered_names
+from zooload.cache_admin import (
+    CacheEntry,
+    CorruptBlob,
+    PruneResult,
+    cache_entries,
+    cache_size,
+    prune_cache,
+    remove_from_cache,
+    verify_cache,
+)
 from zooload.errors import (
     ArchiveError,
     CacheError,
@@ -32,15 +42,18 @@ from zooload.loading import LoadReport, load_into
 from zooload.manifest import Manifest
 from zooload.pack import pack
 from zooload.pipeline import LoadResult, fetch, load, load_state_dict, load_url
+from zooload.retries import RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError",
+    "CacheEntry",
     "CacheError",
     "CheckpointError",
     "CheckpointInfo",
     "ConfigError",
+    "CorruptBlob",
     "DownloadError",
     "FormatError",
     "HashMismatchError",
@@ -51,6 +64,8 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "NotCachedError",
+    "PruneResult",
+    "RetryPolicy",
     "SizeMismatchError",
     "StateDictError",
     "UnknownArchitectureError",
@@ -59,6 +74,8 @@ __all__ = [
     "VerificationError",
     "ZooloadError",
     "__version__",
+    "cache_entries",
+    "cache_size",
     "fetch",
     "inspect",
     "load",
@@ -66,7 +83,10 @@ __all__ = [
     "load_into",
     "load_url",
     "pack",
+    "prune_cache",
     "register",
     "registered_names",
+    "remove_from_cache",
+    "verify_cache",
     "zoo",
 ]

@@ -12,6 +12,11 @@ Everything is published by writing under ``partial/`` and renaming into place,
 so a reader sees a whole file or none. Locks only avoid duplicate work; the
 rename is what keeps the cache correct, because file locks silently do nothing
 on some network filesystems.
+
+A partial name ends in ``-<host>-<pid>-<random>``: the owner. A partial whose
+owner died on this host, or that was released for a later resume, or that
+nobody touched for a day, is abandoned; :meth:`Cache.abandoned_partials` finds
+those for resuming and pruning.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import json
 import logging
 import os
 import shutil
+import socket
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import platformdirs
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from zooload.errors import CacheError
 
@@ -37,12 +44,22 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "ZOOLOAD_CACHE"
 LOCK_TIMEOUT_SECONDS = 3600.0
+ABANDONED_AFTER_SECONDS = 86400.0
+RELEASED = "released"
 _SUBFOLDERS = ("blobs", "trees", "refs", "partial", "locks")
+# The host part of partial names: short, and free of the dashes that
+# separate the name's fields.
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True, slots=True)
 class UrlRecord:
-    """What the cache remembers about a URL, for revalidation."""
+    """What the cache remembers about a URL, for revalidation.
+
+    ``fetched_at`` is when the bytes were last confirmed current: downloaded,
+    or revalidated with a 304. ``source`` is the URL they came from, which
+    differs from ``url`` when a mirror served them.
+    """
 
     url: str
     sha256: str
@@ -50,6 +67,7 @@ class UrlRecord:
     etag: str | None
     last_modified: str | None
     fetched_at: float
+    source: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -117,17 +135,36 @@ class Cache:
     def new_partial_path(self, kind: str) -> Path:
         """Return a fresh path under ``partial/``, unique to this process and call.
 
-        The process id lets a later run resume a download whose process died
-        (see :meth:`partial_paths`); the random part keeps threads apart.
+        The host and process id let a later run resume a download whose
+        process died (see :meth:`abandoned_partials`); the random part keeps
+        threads apart.
         """
-        name = f"{kind}-{os.getpid()}-{uuid.uuid4().hex}"
+        name = f"{kind}-{_HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex}"
         return self.root / "partial" / name
+
+    def released_partial_path(self, kind: str) -> Path:
+        """Return a fresh path for a partial that any later run may take over."""
+        return self.root / "partial" / f"{kind}-{RELEASED}-0-{uuid.uuid4().hex}"
+
+    def abandoned_partials(self, kind: str = "") -> list[Path]:
+        """Partials of ``kind`` (all, by default) whose owner is gone, largest first.
+
+        Gone means: released, owned by a dead process on this host, or not
+        modified for :data:`ABANDONED_AFTER_SECONDS` (the only test that works
+        for other hosts sharing the cache).
+        """
+        found = []
+        for path in (self.root / "partial").glob(f"{kind}*"):
+            with contextlib.suppress(FileNotFoundError):
+                status = path.stat()
+                if _owner_is_gone(path.name, status.st_mtime):
+                    found.append((status.st_size, path))
+        return [path for _, path in sorted(found, reverse=True)]
 
     @contextlib.contextmanager
     def locked(self, key: str) -> Iterator[None]:
         """Hold the lock for ``key`` (a URL or a digest) while the block runs."""
-        name = hashlib.sha256(key.encode()).hexdigest()
-        lock = FileLock(self.root / "locks" / f"{name}.lock")
+        lock = self._lock(key)
         logger.debug("waiting for the lock on %s", key)
         try:
             lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
@@ -142,6 +179,34 @@ class Cache:
             yield
         finally:
             lock.release()
+
+    def lock_if_free(self, keys: Iterable[str]) -> contextlib.ExitStack | None:
+        """Take every lock in ``keys`` now, or none: ``None`` if one is held.
+
+        The returned stack releases the locks when closed.
+        """
+        stack = contextlib.ExitStack()
+        for key in keys:
+            lock = self._lock(key)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                stack.close()
+                return None
+            stack.callback(lock.release)
+        return stack
+
+    def mark_used(self, sha256: str) -> None:
+        """Record that a blob was used: its access time is its last use.
+
+        The access time is set explicitly, since mounts with ``noatime`` or
+        ``relatime`` do not keep it; the modification time stays that of the
+        download.
+        """
+        # A read-only cache still serves its blobs; it just ages them wrongly.
+        with contextlib.suppress(OSError):
+            path = self.blob_path(sha256)
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
 
     def publish_blob(self, partial: Path, sha256: str) -> Path:
         """Move a verified partial file to its blob path and return that path.
@@ -186,18 +251,70 @@ class Cache:
         partial.write_text(json.dumps(asdict(record)))
         partial.replace(self._record_path(record.url))
 
+    def records(self) -> list[UrlRecord]:
+        """Every readable URL record, whether or not its blob is still there."""
+        found = []
+        for path in (self.root / "refs").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                found.append(UrlRecord(**json.loads(path.read_text())))
+        return found
+
     def forget(self, url: str, sha256: str) -> None:
         """Remove a URL's record and its blob and tree (a bad entry)."""
-        self._record_path(url).unlink(missing_ok=True)
-        self.blob_path(sha256).unlink(missing_ok=True)
-        shutil.rmtree(self.tree_path(sha256), ignore_errors=True)
+        self.forget_url(url)
+        self.evict(sha256)
         logger.debug("removed cache entry of %s (%s)", url, sha256)
+
+    def forget_url(self, url: str) -> None:
+        """Remove the record of ``url``; its blob stays."""
+        self._record_path(url).unlink(missing_ok=True)
+
+    def evict(self, sha256: str) -> None:
+        """Remove a blob and its extracted tree.
+
+        The tree is first renamed out of ``trees/``, so that no reader ever
+        sees it half deleted.
+        """
+        doomed = self.new_partial_path("evicted")
+        with contextlib.suppress(FileNotFoundError):
+            self.tree_path(sha256).rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        self.blob_path(sha256).unlink(missing_ok=True)
 
     def _record_path(self, url: str) -> Path:
         name = hashlib.sha256(url.encode()).hexdigest()
         return self.root / "refs" / f"{name}.json"
 
+    def _lock(self, key: str) -> FileLock:
+        name = hashlib.sha256(key.encode()).hexdigest()
+        return FileLock(self.root / "locks" / f"{name}.lock")
+
 
 def now() -> float:
     """Seconds since the epoch; one place to read the clock."""
     return time.time()
+
+
+def _owner_is_gone(name: str, modified: float) -> bool:
+    # Names end in -<host>-<pid>-<random>; anything else is judged by age.
+    parts = name.rsplit("-", 3)
+    host, pid = (parts[1], parts[2]) if len(parts) == 4 else ("", "")
+    if host == RELEASED:
+        return True
+    if host == _HOST_TAG and pid.isdigit() and not _is_process_alive(int(pid)):
+        return True
+    return now() - modified > ABANDONED_AFTER_SECONDS
+
+
+def _is_process_alive(pid: int) -> bool:
+    # On Windows, os.kill(pid, 0) would terminate the process; there, only
+    # released and old partials are taken over (KL-008).
+    if sys.platform == "win32":  # pragma: no cover - not tested off Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

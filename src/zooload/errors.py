@@ -3,7 +3,7 @@
 The tree::
 
     ZooloadError
-    ├── DownloadError (OSError)          .url .status .retryable
+    ├── DownloadError (OSError)          .url .status .retryable .retry_after
     │   └── NotCachedError                offline and not in the cache
     ├── IntegrityError (ValueError)
     │   ├── HashMismatchError             .path .expected .actual
@@ -71,7 +71,11 @@ class ZooloadError(Exception):
 
 
 class DownloadError(ZooloadError, OSError):
-    """A transfer failed: the URL, the HTTP status if any, and whether to retry."""
+    """A transfer failed: the URL, the HTTP status if any, and whether to retry.
+
+    ``retry_after`` is the delay in seconds a server asked for (HTTP
+    Retry-After), when it asked for one.
+    """
 
     def __init__(
         self,
@@ -79,12 +83,14 @@ class DownloadError(ZooloadError, OSError):
         url: str,
         status: int | None = None,
         retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
         self.retryable = retryable
-        self._arguments = (message, url, status, retryable)
+        self.retry_after = retry_after
+        self._arguments = (message, url, status, retryable, retry_after)
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -2,7 +2,11 @@
 
 Local files are used in place; remote ones go through a transport into the
 cache. A pinned digest that is already cached is served without any network
-request; an unpinned URL is revalidated with a conditional request.
+request; an unpinned URL is revalidated with a conditional request. Around
+the transport sit the behaviours that make fetching survive real networks
+(see ``docs/CACHE.md``, "Resilience"): one download per URL at a time across
+processes and threads, resuming, retries, offline mode, mirrors, and the
+fallback to a cached copy when revalidation cannot reach the server.
 """
 
 from __future__ import annotations
@@ -10,15 +14,24 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from zooload.cache import Cache, UrlRecord, now
-from zooload.errors import ConfigError, DownloadError, HashMismatchError
+from zooload.errors import (
+    ConfigError,
+    DownloadError,
+    HashMismatchError,
+    NotCachedError,
+)
 from zooload.hashing import file_digest, normalize_digest
-from zooload.sources import TRANSPORTS
+from zooload.partials import PartialDownload
+from zooload.retries import with_retries
+from zooload.settings import OFFLINE_ENV, FetchOptions, resolve_options
+from zooload.sources import TRANSPORTS, Transfer, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +118,13 @@ def _fragment_pin(fragment: str, url: str) -> str | None:
     return value
 
 
-def fetch_blob(location: Location, cache: Cache, *, progress: bool | None) -> Blob:
+def fetch_blob(
+    location: Location,
+    cache: Cache,
+    *,
+    progress: bool | None = None,
+    options: FetchOptions | None = None,
+) -> Blob:
     """Return verified bytes for ``location``, downloading into ``cache`` if needed.
 
     Parameters
@@ -115,7 +134,11 @@ def fetch_blob(location: Location, cache: Cache, *, progress: bool | None) -> Bl
     cache
         The cache to read and publish into.
     progress
-        Show a progress bar for downloads (``None``: when stderr is a terminal).
+        Show a progress bar for downloads (``None``: when stderr is a
+        terminal); used when ``options`` is not given.
+    options
+        Offline mode, mirrors, headers, retries and progress; ``None`` reads
+        them from the environment (:func:`~zooload.settings.resolve_options`).
 
     Returns
     -------
@@ -125,6 +148,8 @@ def fetch_blob(location: Location, cache: Cache, *, progress: bool | None) -> Bl
     ------
     DownloadError
         When the bytes cannot be had (missing local file, HTTP failure).
+    NotCachedError
+        When offline and the URL is not in the cache.
     HashMismatchError
         When the bytes differ from the pin; nothing is cached then.
 
@@ -134,17 +159,21 @@ def fetch_blob(location: Location, cache: Cache, *, progress: bool | None) -> Bl
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     path = pathlib.Path(folder, "weights.bin")
     ...     _ = path.write_bytes(b"abc")
-    ...     blob = fetch_blob(parse_location(path), Cache.open(folder), progress=False)
+    ...     blob = fetch_blob(parse_location(path), Cache.open(folder))
     ...     blob.sha256[:8], blob.in_cache
     ('ba7816bf', False)
     """
     if location.is_local:
         return _read_local(location)
+    options = options or resolve_options(progress=progress)
     if location.sha256 and cache.has_blob(location.sha256):
         logger.debug("cache hit for pinned %s", location.url)
         return _cached_blob(location, cache, location.sha256)
+    if options.offline:
+        return _offline_blob(location, cache)
+    waiting_since = now()
     with cache.locked(location.url):
-        return _download(location, cache, progress)
+        return _download(location, cache, options, waiting_since)
 
 
 def _read_local(location: Location) -> Blob:
@@ -172,28 +201,85 @@ def _local_path(location: Location) -> Path:
 
 
 def _cached_blob(location: Location, cache: Cache, sha256: str) -> Blob:
+    cache.mark_used(sha256)
     return Blob(cache.blob_path(sha256), sha256, location.url, in_cache=True)
 
 
-def _download(location: Location, cache: Cache, progress: bool | None) -> Blob:
+def _offline_blob(location: Location, cache: Cache) -> Blob:
+    known = None if location.sha256 else cache.read_record(location.url)
+    if known is not None:
+        logger.debug("offline: serving cached %s", location.url)
+        return _cached_blob(location, cache, known.sha256)
+    message = (
+        f"{location.url} is not in the cache and offline mode is on "
+        f"({OFFLINE_ENV}=1 or offline=True); fetch it once while online, or "
+        "turn offline mode off."
+    )
+    raise NotCachedError(message, location.url)
+
+
+def _download(
+    location: Location, cache: Cache, options: FetchOptions, waiting_since: float
+) -> Blob:
     # Another process may have finished the same download while this one
-    # waited for the lock; the pinned case needs no request at all then.
+    # waited for the lock: its result is used without a request of our own.
     if location.sha256 and cache.has_blob(location.sha256):
         return _cached_blob(location, cache, location.sha256)
-    known = cache.read_record(location.url)
-    if known and location.sha256 and known.sha256 != location.sha256:
-        known = None
-    partial = cache.new_partial_path("download")
+    known = None if location.sha256 else cache.read_record(location.url)
+    if known and known.fetched_at >= waiting_since:
+        logger.debug("%s was fetched by another caller meanwhile", location.url)
+        return _cached_blob(location, cache, known.sha256)
+    if known:
+        # A revalidation gets one attempt: the cached copy is the fallback,
+        # and an offline laptop should not wait out a backoff on every load.
+        options = replace(options, retry=replace(options.retry, attempts=1))
     try:
-        transfer = TRANSPORTS[location.scheme](
-            location.url, partial, known=known, progress=progress
+        return _from_candidates(location, cache, known, options)
+    except DownloadError as err:
+        if known is None or not err.retryable:
+            raise
+        logger.warning(
+            "could not revalidate %s (%s); using the cached copy from %s",
+            location.url,
+            err,
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(known.fetched_at)),
         )
+        return _cached_blob(location, cache, known.sha256)
+
+
+def _from_candidates(
+    location: Location, cache: Cache, known: UrlRecord | None, options: FetchOptions
+) -> Blob:
+    """Try each mirror in order, then the URL itself; the pin judges the bytes."""
+    *mirrors, original = options.candidates(location.url)
+    for mirror in mirrors:
+        _transport_for(mirror)
+    for mirror in mirrors:
+        try:
+            return _from_source(mirror, location, cache, known, options)
+        except (DownloadError, HashMismatchError) as err:
+            logger.warning("mirror %s failed (%s); trying the next source", mirror, err)
+    return _from_source(original, location, cache, known, options)
+
+
+def _from_source(
+    source: str,
+    location: Location,
+    cache: Cache,
+    known: UrlRecord | None,
+    options: FetchOptions,
+) -> Blob:
+    if known and known.source not in (None, source):
+        # Validators belong to the server that issued them.
+        known = None
+    started = time.perf_counter()
+    with PartialDownload.open(cache, source) as partial:
+        transfer = _transfer(source, partial, known, options)
         if transfer.not_modified and known:
+            cache.write_record(replace(known, fetched_at=now()))
             return _cached_blob(location, cache, known.sha256)
-        _check_pin(location, transfer.sha256)
-        path = cache.publish_blob(partial, transfer.sha256)
-    finally:
-        partial.unlink(missing_ok=True)
+        transfer = _verified(location, source, partial, transfer, options)
+        path = partial.publish(transfer.sha256)
     record = UrlRecord(
         location.url,
         transfer.sha256,
@@ -201,17 +287,73 @@ def _download(location: Location, cache: Cache, progress: bool | None) -> Blob:
         transfer.etag,
         transfer.last_modified,
         now(),
+        source,
     )
     cache.write_record(record)
+    _log_download(source, transfer, time.perf_counter() - started, path)
     return Blob(path, transfer.sha256, location.url, in_cache=True)
 
 
-def _check_pin(location: Location, actual: str) -> None:
+def _transfer(
+    source: str,
+    partial: PartialDownload,
+    known: UrlRecord | None,
+    options: FetchOptions,
+) -> Transfer:
+    transport = _transport_for(source)
+    return with_retries(
+        lambda: transport(source, partial, known=known, options=options),
+        options.retry,
+        position=lambda: partial.offset,
+    )
+
+
+def _transport_for(source: str) -> Transport:
+    scheme = urlsplit(source).scheme.lower()
+    transport = TRANSPORTS.get(scheme)
+    if transport is None:
+        known = ", ".join(sorted(TRANSPORTS))
+        message = f"cannot download {source}: {scheme!r} is not one of {known}."
+        raise ConfigError(message)
+    return transport
+
+
+def _verified(
+    location: Location,
+    source: str,
+    partial: PartialDownload,
+    transfer: Transfer,
+    options: FetchOptions,
+) -> Transfer:
+    """Check the pin; a resumed transfer that fails it is tried once from zero."""
     if location.sha256 is None:
         logger.warning(
             "no sha256 pinned for %s; to pin these bytes, append #sha256=%s",
             location.url,
-            actual,
+            transfer.sha256,
         )
-    elif actual != location.sha256:
-        raise HashMismatchError(location.url, location.sha256, actual)
+        return transfer
+    if transfer.sha256 != location.sha256 and transfer.resumed_from:
+        # The bytes kept from an earlier attempt may be what is wrong.
+        logger.debug("resumed %s does not match its pin; downloading again", source)
+        partial.discard()
+        transfer = _transfer(source, partial, None, options)
+    if transfer.sha256 != location.sha256:
+        raise HashMismatchError(source, location.sha256, transfer.sha256)
+    return transfer
+
+
+def _log_download(source: str, transfer: Transfer, seconds: float, path: Path) -> None:
+    resumed = (
+        f" ({transfer.resumed_from} of them resumed from an earlier attempt)"
+        if transfer.resumed_from
+        else ""
+    )
+    logger.info(
+        "downloaded %s: %d bytes in %.2f s%s to %s",
+        source,
+        transfer.size,
+        seconds,
+        resumed,
+        path,
+    )

@@ -50,6 +50,13 @@ from zooload.formats.common import NO_TRUST
 from zooload.formats.torchscript import load_program
 from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into
 from zooload.manifest import Description, Manifest, describe, verify_manifest_files
+from zooload.retries import RetryPolicy
+from zooload.settings import (
+    FetchOptions,
+    HeadersArgument,
+    MirrorsArgument,
+    resolve_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +71,10 @@ def fetch(
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
     extract: bool = True,
+    offline: bool | None = None,
+    mirrors: MirrorsArgument | None = None,
+    headers: HeadersArgument | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Path:
     """Download, verify and unpack ``url``; return the local file or folder.
 
@@ -82,6 +93,20 @@ def fetch(
     extract
         Unpack archives (tar, tar.gz/bz2/xz, zip) into the cache; when false,
         return the downloaded file as it is.
+    offline
+        Never open a connection: serve from the cache or raise
+        ``NotCachedError``. ``None`` reads ``ZOOLOAD_OFFLINE``.
+    mirrors
+        URL prefix rewrites tried in order before the URL itself, as
+        ``{prefix: replacement}`` or ``[(prefix, replacement), ...]``;
+        ``None`` reads ``ZOOLOAD_MIRRORS``.
+    headers
+        Extra request headers by host, ``{host: {name: value}}``, for
+        example a bearer token; never logged, and not sent to other hosts
+        on redirects. ``None`` reads ``ZOOLOAD_HEADERS`` (JSON).
+    retry
+        Attempts, backoff and timeouts; ``None`` uses the defaults of
+        :class:`RetryPolicy`.
 
     Returns
     -------
@@ -92,6 +117,7 @@ def fetch(
     ------
     DownloadError
         When the bytes cannot be had; ``status`` holds the HTTP status.
+        ``NotCachedError`` when offline and the URL is not cached.
     IntegrityError
         When the bytes differ from the pin (nothing is cached).
     ArchiveError
@@ -108,7 +134,14 @@ def fetch(
     ...     fetch(path, cache_dir=folder) == path
     True
     """
-    return _fetch(url, sha256, cache_dir, progress, extract=extract).root
+    options = resolve_options(
+        offline=offline,
+        mirrors=mirrors,
+        headers=headers,
+        retry=retry,
+        progress=progress,
+    )
+    return _fetch(url, sha256, cache_dir, options, extract=extract).root
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +157,13 @@ def _fetch(
     url: PathOrUrl,
     sha256: str | None,
     cache_dir: PathOrUrl | None,
-    progress: bool | None,
+    options: FetchOptions,
     *,
     extract: bool = True,
 ) -> _Fetched:
     location = parse_location(url, sha256)
     cache = Cache.open(cache_dir)
-    blob = fetch_blob(location, cache, progress=progress)
+    blob = fetch_blob(location, cache, options=options)
     fetched = _Fetched(blob, cache, blob.path)
     if not extract:
         return fetched
@@ -206,6 +239,10 @@ def load_state_dict(
     sha256: str | None = None,
     cache_dir: PathOrUrl | None = None,
     progress: bool | None = None,
+    offline: bool | None = None,
+    mirrors: MirrorsArgument | None = None,
+    headers: HeadersArgument | None = None,
+    retry: RetryPolicy | None = None,
 ) -> StateDict:
     """Read the weights of any checkpoint, local or remote, as a state dict.
 
@@ -230,7 +267,7 @@ def load_state_dict(
         Names of the extra globals a pickle may build (``"mypkg.Config"``),
         as an :class:`~zooload.UnsafeCheckpointError` lists them; the
         narrow alternative to ``trust_pickle``.
-    sha256, cache_dir, progress
+    sha256, cache_dir, progress, offline, mirrors, headers, retry
         As for :func:`fetch`.
 
     Returns
@@ -257,7 +294,14 @@ def load_state_dict(
     ...     load_state_dict(path, cache_dir=folder)["w"].tolist()
     [1.0, 1.0]
     """
-    fetched = _fetch(source, sha256, cache_dir, progress)
+    settings = resolve_options(
+        offline=offline,
+        mirrors=mirrors,
+        headers=headers,
+        retry=retry,
+        progress=progress,
+    )
+    fetched = _fetch(source, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):
         description = describe(fetched.root)
         return _read_weights(
@@ -282,6 +326,10 @@ def load_url(
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
+    offline: bool | None = None,
+    mirrors: MirrorsArgument | None = None,
+    headers: HeadersArgument | None = None,
+    retry: RetryPolicy | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Turn a URL into a ready model: fetch, verify, unpack, build, load, check.
@@ -319,6 +367,8 @@ def load_url(
     on_shape_mismatch
         ``"skip"`` keeps the architecture's own initialised tensor where the
         checkpoint's shape differs (see :func:`load_into`).
+    offline, mirrors, headers, retry
+        How the bytes are fetched; see :func:`fetch`.
     **arch_kwargs
         Keyword arguments for the architecture, over the manifest's.
 
@@ -361,6 +411,10 @@ def load_url(
         trust_pickle=trust_pickle,
         allow_globals=allow_globals,
         on_shape_mismatch=on_shape_mismatch,
+        offline=offline,
+        mirrors=mirrors,
+        headers=headers,
+        retry=retry,
         **arch_kwargs,
     )
     return result.model
@@ -380,6 +434,10 @@ def load(
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
+    offline: bool | None = None,
+    mirrors: MirrorsArgument | None = None,
+    headers: HeadersArgument | None = None,
+    retry: RetryPolicy | None = None,
     **arch_kwargs: Any,
 ) -> LoadResult:
     """Do what :func:`load_url` does, and return the model with its account.
@@ -404,7 +462,14 @@ def load(
     ('weight', 'bias')
     """
     clock = _StageClock()
-    fetched = _fetch(url, sha256, cache_dir, progress)
+    settings = resolve_options(
+        offline=offline,
+        mirrors=mirrors,
+        headers=headers,
+        retry=retry,
+        progress=progress,
+    )
+    fetched = _fetch(url, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):
         description = describe(fetched.root)
     clock.lap("fetch")

@@ -40,3 +40,16 @@ def cache_files(cache: Path) -> list[str]:
 def tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Same names, and every tensor equal bit for bit."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def blobs_intact(cache: Path) -> bool:
+    """Whether every published blob hashes to its name (no corrupt entry)."""
+    blobs = cache / "blobs"
+    paths = list(blobs.iterdir()) if blobs.exists() else []
+    return all(sha256_of(path.read_bytes()) == path.name for path in paths)
+
+
+def partial_files(cache: Path) -> list[str]:
+    """The names under the cache's ``partial/`` folder."""
+    folder = cache / "partial"
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []

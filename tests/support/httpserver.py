@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -98,8 +99,14 @@ def _path_key(path: str) -> str:
 
 
 def _request_key(target: str) -> str:
-    """Normalise a request target: drop query/fragment, percent-decode."""
+    """Normalise a request target: drop query/fragment, percent-decode.
+
+    An absolute-form target (``http://host/path``, what a client sends to a
+    proxy) is reduced to its path, so a server can stand in as a proxy.
+    """
     path = target.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path:
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
     return _path_key(unquote(path))
 
 
@@ -375,9 +382,15 @@ class _Server6(_Server):
 class LoopbackServer:
     """In-memory HTTP/1.1 file server on an ephemeral loopback port."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        """Prepare (but do not start) a server bound to ``host``."""
+    def __init__(
+        self, host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Prepare (but do not start) a server bound to ``host``.
+
+        With ``tls`` (a server-side context), it serves HTTPS.
+        """
         self._host = host
+        self._tls = tls
         self._lock = threading.Lock()
         self._resources: dict[str, _Resource] = {}
         self._faults: dict[str, tuple[Fault, int | None]] = {}
@@ -396,6 +409,10 @@ class LoopbackServer:
             raise RuntimeError(msg)
         server_class = _Server6 if ":" in self._host else _Server
         self._server = server_class((self._host, 0), self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(
+                self._server.socket, server_side=True
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": _POLL_INTERVAL},
@@ -439,7 +456,8 @@ class LoopbackServer:
             msg = "LoopbackServer is not started"
             raise RuntimeError(msg)
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._server.server_port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self._server.server_port}"
 
     def url(self, path: str) -> str:
         """Absolute URL for ``path``."""

@@ -1,0 +1,207 @@
+"""Partial downloads: bytes on their way into the cache, kept for resuming.
+
+A download writes to its own file under ``partial/`` (unique per process and
+call) with a JSON sidecar that says which URL and which version of it the
+bytes belong to: the validator (a strong ETag, or Last-Modified) that a
+resumed request sends as ``If-Range``. A download that fails with bytes worth
+keeping is released; a process killed mid-download leaves its file behind.
+Either way the next download of the URL takes the file over with an atomic
+rename, so two processes never write to one file, even where file locks do
+not work. Only verified bytes leave ``partial/``, by another rename, into
+``blobs/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from zooload.cache import Cache
+from zooload.errors import DownloadError
+from zooload.hashing import CHUNK_BYTES
+
+logger = logging.getLogger(__name__)
+
+META_SUFFIX = ".json"
+
+
+@dataclass(frozen=True, slots=True)
+class PartialMeta:
+    """Which URL a partial file holds, which version, and its full size."""
+
+    url: str
+    validator: str | None
+    total: int | None
+
+
+class ChunkSink:
+    """Writes arriving chunks to a partial file and hashes them, in order.
+
+    The transfer loops only call :meth:`write` and :meth:`finish`, so the
+    hashing and writing can later move to a thread of their own without
+    touching them.
+    """
+
+    def __init__(self, stream: BinaryIO, digest: hashlib._Hash, size: int) -> None:
+        self._stream = stream
+        self._digest = digest
+        self.size = size
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the file and to the digest."""
+        self._stream.write(chunk)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> str:
+        """Flush the bytes to disk, close the file, return the hex digest."""
+        # Flushed to disk before the file is renamed into the cache, so that
+        # a crash cannot leave a published blob with missing bytes; the cost
+        # is measured in docs/CACHE.md.
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        return self._digest.hexdigest()
+
+    def __enter__(self) -> ChunkSink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Bytes written so far stay in the file, to be resumed.
+        self._stream.close()
+
+
+class PartialDownload:
+    """The partial file of one download of ``url``, owned by this call.
+
+    Use it as a context manager: leaving the block with a retryable
+    :class:`DownloadError` or an interrupt releases the bytes for a later
+    resume; any other error discards them, and so does success unless
+    :meth:`publish` took them.
+    """
+
+    def __init__(
+        self, cache: Cache, url: str, path: Path, meta: PartialMeta | None
+    ) -> None:
+        self.cache = cache
+        self.url = url
+        self.path = path
+        self.meta = meta
+
+    @classmethod
+    def open(cls, cache: Cache, url: str) -> PartialDownload:
+        """Take over an abandoned partial download of ``url``, or start afresh."""
+        kind = _kind(url)
+        for path in cache.abandoned_partials(kind):
+            if path.name.endswith(META_SUFFIX):
+                continue
+            claimed = _claim(cache, path, kind)
+            if claimed is not None and claimed.url == url:
+                logger.debug("resuming %s from %d bytes", url, claimed.offset)
+                return claimed
+            if claimed is not None:
+                claimed.discard()
+        return cls(cache, url, cache.new_partial_path(kind), None)
+
+    @property
+    def offset(self) -> int:
+        """How many bytes are on disk, that is where a resumed transfer starts."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    @property
+    def validator(self) -> str | None:
+        """The ``If-Range`` validator of the bytes on disk, if they can resume."""
+        return self.meta.validator if self.meta and self.offset else None
+
+    def restart(self, *, validator: str | None, total: int | None) -> ChunkSink:
+        """Start the file from zero for the version named by ``validator``."""
+        self.meta = PartialMeta(self.url, validator, total)
+        _meta_path(self.path).write_text(json.dumps(asdict(self.meta)))
+        return ChunkSink(self.path.open("wb"), hashlib.sha256(), 0)
+
+    def resume(self) -> ChunkSink:
+        """Continue the file where it ends, hashing the bytes already there."""
+        digest = hashlib.sha256()
+        stream = self.path.open("r+b")
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+        return ChunkSink(stream, digest, stream.tell())
+
+    def publish(self, sha256: str) -> Path:
+        """Move the verified bytes to their blob path and return it."""
+        _meta_path(self.path).unlink(missing_ok=True)
+        published = self.cache.publish_blob(self.path, sha256)
+        self.meta = None
+        return published
+
+    def discard(self) -> None:
+        """Delete the bytes and their sidecar."""
+        self.path.unlink(missing_ok=True)
+        _meta_path(self.path).unlink(missing_ok=True)
+        self.meta = None
+
+    def release(self) -> None:
+        """Keep resumable bytes for whichever download of the URL comes next."""
+        if self.validator is None:
+            self.discard()
+            return
+        released = self.cache.released_partial_path(_kind(self.url))
+        # The sidecar moves first: a crash in between leaves bytes without a
+        # sidecar, which the next taker discards, never bytes with a stranger's.
+        _meta_path(self.path).replace(_meta_path(released))
+        self.path.replace(released)
+        logger.debug("kept %d bytes of %s for a later resume", self.offset, self.url)
+
+    def __enter__(self) -> PartialDownload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        retryable = isinstance(exc, DownloadError) and exc.retryable
+        if retryable or isinstance(exc, KeyboardInterrupt):
+            self.release()
+        else:
+            self.discard()
+
+
+def _kind(url: str) -> str:
+    return "download-" + hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + META_SUFFIX)
+
+
+def _claim(cache: Cache, path: Path, kind: str) -> PartialDownload | None:
+    """Rename an abandoned partial to a name of this call; ``None`` if lost."""
+    claimed = cache.new_partial_path(kind)
+    try:
+        path.rename(claimed)
+    except FileNotFoundError:
+        # Another process took it first; the rename is the arbiter.
+        return None
+    meta = None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        _meta_path(path).rename(_meta_path(claimed))
+        meta = PartialMeta(**json.loads(_meta_path(claimed).read_text()))
+    url = meta.url if meta else ""
+    return PartialDownload(cache, url, claimed, meta)
