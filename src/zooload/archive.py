@@ -261,6 +261,9 @@ def _extract_tar(archive: Path, state: _Extraction) -> int:
 def _tar_members(tar: tarfile.TarFile, state: _Extraction) -> Iterator[tarfile.TarInfo]:
     for member in tar:
         _count_member(member.name, member.size if member.isfile() else 0, state)
+        if member.isdir() and _is_root_folder(member.name):
+            # `tar -C folder -cf model.tar .` starts with the folder itself.
+            continue
         for rule in TAR_RULES:
             rule(member, state)
         yield member
@@ -293,7 +296,11 @@ def _write_tar_member(
 
 def _extract_zip(archive: Path, state: _Extraction) -> int:
     with zipfile.ZipFile(archive) as zipped:
-        members = zipped.infolist()
+        members = [
+            info
+            for info in zipped.infolist()
+            if not (info.is_dir() and _is_root_folder(info.filename))
+        ]
         for info in members:
             _count_member(info.filename, info.file_size, state)
             _check_zip_member(info, state)
@@ -326,7 +333,10 @@ def _copy_exactly(source: IO[bytes], target: Path, size: int, member: str) -> No
                 raise UnsafeArchiveError(member, "holds more bytes than it declares")
             sink.write(chunk)
     if written != size:
-        message = f"archive member {member!r} is truncated: {written} of {size} bytes"
+        message = (
+            f"archive member {member!r} is truncated: {written} of {size} bytes. "
+            "Download the archive again, or ask the publisher for a good copy."
+        )
         raise ArchiveError(message)
 
 
@@ -339,6 +349,15 @@ def _count_member(name: str, size: int, state: _Extraction) -> None:
     if state.total_bytes > state.limits.max_total_bytes:
         rule = f"members add up to more than {state.limits.max_total_bytes} bytes"
         raise UnsafeArchiveError(name, rule)
+
+
+def _is_root_folder(name: str) -> bool:
+    """Whether a folder member names the extraction folder itself (``./``)."""
+    return (
+        not name.startswith(("/", "\\"))
+        and set(name.replace("\\", "/")) <= {".", "/"}
+        and ".." not in name
+    )
 
 
 def _safe_name(name: str) -> str:
