@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
 import io
 import random
+import re
+import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -355,3 +359,159 @@ def test_extract_to_cache_refuses_huge_declared_size_before_reading(
         )
 
     assert cache_files(cache.root) == []
+
+
+# -- extract_to_cache: zip members and races ---------------------------------------
+
+
+def test_extract_to_cache_creates_zip_folders_even_when_empty(tmp_path: Path) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    data = _zip({"empty/": b"", "weights/": b"", "weights/w.bin": b"\x00\x01"})
+    archive = _write(tmp_path, "model.zip", data)
+
+    tree = extract_to_cache(archive, DIGEST, cache)
+
+    assert (tree / "empty").is_dir()
+    assert list((tree / "empty").iterdir()) == []
+    assert (tree / "weights" / "w.bin").read_bytes() == b"\x00\x01"
+
+
+def _zip_declaring(size: int) -> bytes:
+    """A zip whose member ``w.bin`` holds 10 bytes but declares ``size``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("zooload.json", b"{}")
+        zipped.writestr("w.bin", b"0123456789")
+        zipped.filelist[-1].file_size = size
+    return buffer.getvalue()
+
+
+def test_extract_to_cache_zip_member_shorter_than_declared_is_truncated(
+    tmp_path: Path,
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "model.zip", _zip_declaring(20))
+
+    with pytest.raises(
+        ArchiveError,
+        match=r"^archive member 'w\.bin' is truncated: 10 of 20 bytes\. Download "
+        r".*again, or ask the publisher for a good copy\.$",
+    ) as caught:
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert not isinstance(caught.value, UnsafeArchiveError)
+    assert cache_files(cache.root) == []
+    assert list((cache.root / "partial").iterdir()) == []
+
+
+def test_extract_to_cache_zip_member_longer_than_declared_fails_its_crc(
+    tmp_path: Path,
+) -> None:
+    # zipfile stops at the declared size, so the extra bytes are never written
+    # and the member fails its checksum instead.
+    cache = Cache.open(tmp_path / "cache")
+    archive = _write(tmp_path, "model.zip", _zip_declaring(5))
+
+    with pytest.raises(
+        ArchiveError,
+        match=r"model\.zip is truncated or corrupt \(Bad CRC-32 for file 'w\.bin'\); "
+        r"nothing was extracted\. Download it again",
+    ):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("a/b.txt", "a/b.txt"), ("a/b.txt", "./a/b.txt")],
+    ids=["same-name", "same-name-once-normalised"],
+)
+def test_extract_to_cache_refuses_repeated_zip_member(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    cache = Cache.open(tmp_path / "cache")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        zipped.writestr(first, b"harmless")
+        if first == second:
+            with pytest.warns(UserWarning, match="Duplicate name"):
+                zipped.writestr(second, b"replacement")
+        else:
+            zipped.writestr(second, b"replacement")
+    archive = _write(tmp_path, "model.zip", buffer.getvalue())
+
+    with pytest.raises(
+        UnsafeArchiveError,
+        match=re.escape(f"member {second!r}: repeats an earlier member. Nothing was"),
+    ) as caught:
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert caught.value.rule == "repeats an earlier member"
+    assert cache_files(cache.root) == []
+
+
+@dataclasses.dataclass(frozen=True)
+class RivalCache(Cache):
+    """A cache where another process finishes the same extraction during the wait
+    for the lock."""
+
+    rival: Callable[[], Path] = dataclasses.field(default=lambda: Path())
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        self.rival()
+        with super().locked(key):
+            yield
+
+
+def test_extract_to_cache_reuses_a_tree_published_while_waiting(
+    tmp_path: Path,
+) -> None:
+    root = Cache.open(tmp_path / "cache").root
+    theirs = _write(tmp_path, "theirs.tar", make_tar({"who": b"rival"}, mode="w"))
+    ours = _write(tmp_path, "ours.tar", make_tar({"who": b"us"}, mode="w"))
+    cache = RivalCache(
+        root, rival=lambda: extract_to_cache(theirs, DIGEST, Cache.open(root))
+    )
+    validated: list[Path] = []
+
+    tree = extract_to_cache(ours, DIGEST, cache, validate=validated.append)
+
+    assert tree == cache.tree_path(DIGEST)
+    assert (tree / "who").read_bytes() == b"rival"
+    assert validated == []
+    assert list((root / "partial").iterdir()) == []
+
+
+def test_extract_to_cache_accepts_a_tar_of_a_folder_made_from_inside(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "zooload.json").write_bytes(b"{}")
+    # What `tar -C model -czf model.tar.gz .` and shutil.make_archive write.
+    archive = Path(shutil.make_archive(str(tmp_path / "model"), "gztar", folder))
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == [".", "./zooload.json"]
+    cache = Cache.open(tmp_path / "cache")
+
+    tree = extract_to_cache(archive, DIGEST, cache)
+
+    assert (tree / "zooload.json").read_bytes() == b"{}"
+
+
+def test_extract_to_cache_tar_member_never_writes_more_than_declared(
+    tmp_path: Path,
+) -> None:
+    # The header declares 5 bytes and 10 follow: only the declared 5 are written.
+    header = tarfile.TarInfo("w.bin")
+    header.size = 5
+    data = header.tobuf() + b"0123456789".ljust(512, b"\x00") + b"\x00" * 1024
+    archive = _write(tmp_path, "model.tar", data)
+    cache = Cache.open(tmp_path / "cache")
+
+    tree = extract_to_cache(archive, DIGEST, cache)
+
+    assert (tree / "w.bin").read_bytes() == b"01234"
+    assert cache_files(cache.root) == [f"trees/{DIGEST}/w.bin"]

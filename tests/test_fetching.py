@@ -186,8 +186,26 @@ def test_fetch_unpinned_logs_computed_digest(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.name for r in warnings] == ["zooload.fetching"]
     assert warnings[0].getMessage() == (
-        f"no sha256 pinned for {url}; to pin these bytes, append #sha256={DIGEST}"
+        f"no sha256 pinned for {url} over plain http (anyone on the network path "
+        f"can change it); to pin these bytes, append #sha256={DIGEST}"
     )
+
+
+def test_fetch_require_hash_refuses_unpinned_urls_before_any_request(
+    served: Any, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = served.add("w.bin", DATA)
+    connections = served.server.connections
+    monkeypatch.setenv("ZOOLOAD_REQUIRE_HASH", "1")
+
+    with pytest.raises(
+        zooload.ConfigError, match=r"ZOOLOAD_REQUIRE_HASH is set"
+    ) as caught:
+        zooload.fetch(url, cache_dir=cache_dir)
+
+    assert "Append #sha256=<hex>" in str(caught.value)
+    assert served.server.connections == connections
+    assert zooload.fetch(url, sha256=DIGEST, cache_dir=cache_dir).read_bytes() == DATA
 
 
 def test_fetch_pinned_logs_no_warning(

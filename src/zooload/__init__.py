@@ -7,6 +7,7 @@ True
 
 from zooload import zoo
 from zooload.architectures import register, registered_names
+from zooload.archive import ExtractionLimits
 from zooload.cache_admin import (
     CacheEntry,
     CorruptBlob,
@@ -34,6 +35,7 @@ from zooload.errors import (
     UnknownArchitectureError,
     UnsafeArchiveError,
     UnsafeCheckpointError,
+    UntrustedCodeError,
     VerificationError,
     ZooloadError,
 )
@@ -55,6 +57,7 @@ __all__ = [
     "ConfigError",
     "CorruptBlob",
     "DownloadError",
+    "ExtractionLimits",
     "FormatError",
     "HashMismatchError",
     "IncompatibleStateDictError",
@@ -71,6 +74,7 @@ __all__ = [
     "UnknownArchitectureError",
     "UnsafeArchiveError",
     "UnsafeCheckpointError",
+    "UntrustedCodeError",
     "VerificationError",
     "ZooloadError",
     "__version__",

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import importlib
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -121,6 +124,45 @@ def resolve_architecture(arch: str | Factory) -> Factory:
     module_name, _, attribute = target.partition(":")
     factory: Factory = getattr(importlib.import_module(module_name), attribute)
     return register(arch)(factory)
+
+
+def load_code_architecture(path: Path, name: str) -> Factory:
+    """Import a Python file of an archive and return the factory it defines.
+
+    This runs the file: call it only for code the caller chose to trust
+    (``trust_code=True``). The module gets a name of its own, so two
+    archives never share one.
+
+    Raises
+    ------
+    ConfigError
+        When the file does not define a callable ``name``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "model.py")
+    ...     _ = path.write_text("import torch; Net = torch.nn.Identity")
+    ...     load_code_architecture(path, "Net").__name__
+    'Identity'
+    """
+    module_name = f"zooload_code_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        message = f"cannot import {path}; ship the architecture as a .py file."
+        raise ConfigError(message)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    factory: Factory | None = getattr(module, name, None)
+    if not callable(factory):
+        message = (
+            f"{path.name} defines no class or function {name!r}; fix "
+            "architecture.name in the manifest."
+        )
+        raise ConfigError(message)
+    logger.warning("imported architecture %s from %s (trust_code=True)", name, path)
+    return register(f"{module_name}.{name}")(factory)
 
 
 def build_without_parameters(factory: Factory, kwargs: dict[str, Any]) -> nn.Module:

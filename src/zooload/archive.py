@@ -70,11 +70,27 @@ class ArchiveKind(str, enum.Enum):
 class ExtractionLimits:
     """Bounds on what one archive may extract; see ``docs/SECURITY.md``.
 
-    There is no bound on the compression ratio yet (KL-005).
+    Attributes
+    ----------
+    max_members
+        Members (files, folders, links) in one archive.
+    max_total_bytes
+        Bytes all members add up to, as their headers declare them.
+    max_ratio
+        Extracted bytes per byte of archive, once more than
+        ``ratio_floor_bytes`` are extracted: model weights compress little
+        (gzip saves about 10 %), a decompression bomb a thousandfold.
+
+    Examples
+    --------
+    >>> ExtractionLimits(max_total_bytes=10 * 1024**3).max_ratio
+    100.0
     """
 
     max_members: int = 100_000
     max_total_bytes: int = 256 * 1024**3
+    max_ratio: float = 100.0
+    ratio_floor_bytes: int = 64 * 1024**2
 
 
 @dataclass(slots=True)
@@ -87,6 +103,7 @@ class _Extraction:
     names: set[str] = field(default_factory=set)
     members: int = 0
     total_bytes: int = 0
+    archive_bytes: int = 0
 
 
 def sniff_archive(path: Path) -> ArchiveKind:
@@ -232,6 +249,7 @@ def extract_to_cache(
 
 def _extract(archive: Path, state: _Extraction, source: str) -> int:
     state.root.mkdir()
+    state.archive_bytes = archive.stat().st_size
     kind = sniff_archive(archive)
     extractor = _EXTRACTORS.get(kind)
     if extractor is None:
@@ -335,7 +353,7 @@ def _copy_exactly(source: IO[bytes], target: Path, size: int, member: str) -> No
     if written != size:
         message = (
             f"archive member {member!r} is truncated: {written} of {size} bytes. "
-            "Download the archive again, or ask the publisher for a good copy."
+            "Download it again, or ask the publisher for a good copy."
         )
         raise ArchiveError(message)
 
@@ -348,6 +366,14 @@ def _count_member(name: str, size: int, state: _Extraction) -> None:
         raise UnsafeArchiveError(name, rule)
     if state.total_bytes > state.limits.max_total_bytes:
         rule = f"members add up to more than {state.limits.max_total_bytes} bytes"
+        raise UnsafeArchiveError(name, rule)
+    ratio = state.total_bytes / max(state.archive_bytes, 1)
+    inflated = state.total_bytes > state.limits.ratio_floor_bytes
+    if inflated and ratio > state.limits.max_ratio:
+        rule = (
+            f"the archive would inflate to {ratio:.0f} times its size (limit "
+            f"{state.limits.max_ratio:.0f}x), as a decompression bomb does"
+        )
         raise UnsafeArchiveError(name, rule)
 
 
@@ -388,7 +414,11 @@ def _check_tar_type(member: tarfile.TarInfo, state: _Extraction) -> None:
 
 def _check_tar_link(member: tarfile.TarInfo, state: _Extraction) -> None:
     if member.islnk():
-        target = _safe_name(member.linkname)
+        try:
+            target = _safe_name(member.linkname)
+        except UnsafeArchiveError as err:
+            rule = f"hard link to {member.linkname!r}: {err.rule}"
+            raise UnsafeArchiveError(member.name, rule) from err
     elif member.issym():
         if member.linkname.startswith("/"):
             raise UnsafeArchiveError(member.name, "symbolic link to an absolute path")

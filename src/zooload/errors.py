@@ -10,7 +10,8 @@ The tree::
     │   └── SizeMismatchError             .path .expected .actual
     ├── CacheError (OSError)
     ├── ArchiveError (ValueError)
-    │   └── UnsafeArchiveError            .member .rule
+    │   ├── UnsafeArchiveError            .member .rule
+    │   └── UntrustedCodeError            .source .code
     ├── CheckpointError (ValueError)
     │   ├── FormatError                   .path .expected .seen
     │   └── UnsafeCheckpointError         .path .globals
@@ -50,6 +51,7 @@ __all__ = [
     "UnknownArchitectureError",
     "UnsafeArchiveError",
     "UnsafeCheckpointError",
+    "UntrustedCodeError",
     "VerificationError",
     "ZooloadError",
 ]
@@ -156,6 +158,22 @@ class UnsafeArchiveError(ArchiveError):
         self.member = member
         self.rule = rule
         self._arguments = (member, rule)
+
+
+class UntrustedCodeError(ArchiveError):
+    """An archive's architecture is Python code, and code was not trusted."""
+
+    def __init__(self, source: str, code: str) -> None:
+        message = (
+            f"{source} defines its architecture in {code!r}, Python code that "
+            "would run on this machine; it was not imported. Read the file, and "
+            "only if you trust its publisher, pass trust_code=True (or pass "
+            "arch= an architecture of your own)."
+        )
+        super().__init__(message)
+        self.source = source
+        self.code = code
+        self._arguments = (source, code)
 
 
 class CheckpointError(ZooloadError, ValueError):

@@ -30,10 +30,17 @@ from zooload.errors import (
 from zooload.hashing import file_digest, normalize_digest
 from zooload.partials import PartialDownload
 from zooload.retries import with_retries
-from zooload.settings import OFFLINE_ENV, FetchOptions, resolve_options
+from zooload.settings import (
+    OFFLINE_ENV,
+    REQUIRE_HASH_ENV,
+    FetchOptions,
+    resolve_options,
+)
 from zooload.sources import TRANSPORTS, Transfer, Transport
 
 logger = logging.getLogger(__name__)
+
+_PLAIN_HTTP_RISK = " over plain http (anyone on the network path can change it)"
 
 _WINDOWS_DRIVE = re.compile(r"^[a-zA-Z]$")
 
@@ -166,6 +173,7 @@ def fetch_blob(
     if location.is_local:
         return _read_local(location)
     options = options or resolve_options(progress=progress)
+    _check_pin_policy(location, options)
     if location.sha256 and cache.has_blob(location.sha256):
         logger.debug("cache hit for pinned %s", location.url)
         return _cached_blob(location, cache, location.sha256)
@@ -174,6 +182,19 @@ def fetch_blob(
     waiting_since = now()
     with cache.locked(location.url):
         return _download(location, cache, options, waiting_since)
+
+
+def _check_pin_policy(location: Location, options: FetchOptions) -> None:
+    """Refuse an unpinned URL before any request when pins are required."""
+    if location.sha256:
+        return
+    if options.require_hash:
+        message = (
+            f"{REQUIRE_HASH_ENV} is set and {location.url} has no sha256 pin, so "
+            "no request was made. Append #sha256=<hex> to the URL or pass "
+            "sha256=; the publisher's page or `sha256sum` gives the value."
+        )
+        raise ConfigError(message)
 
 
 def _read_local(location: Location) -> Blob:
@@ -327,9 +348,13 @@ def _verified(
 ) -> Transfer:
     """Check the pin; a resumed transfer that fails it is tried once from zero."""
     if location.sha256 is None:
+        # Over plain http anyone on the network path can change the bytes,
+        # and a pin is the only thing that proves them; say so.
+        risk = _PLAIN_HTTP_RISK if location.scheme == "http" else ""
         logger.warning(
-            "no sha256 pinned for %s; to pin these bytes, append #sha256=%s",
+            "no sha256 pinned for %s%s; to pin these bytes, append #sha256=%s",
             location.url,
+            risk,
             transfer.sha256,
         )
         return transfer

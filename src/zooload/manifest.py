@@ -36,13 +36,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ArchitectureSpec(_Strict):
-    """A registered architecture name and the keyword arguments to build it."""
-
-    name: str = Field(min_length=1)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
 class FileSpec(_Strict):
     """A file of the archive, relative to its root, with its sha256."""
 
@@ -57,6 +50,19 @@ class FileSpec(_Strict):
             message = "must be a relative path inside the archive, without '..'"
             raise ValueError(message)
         return value
+
+
+class ArchitectureSpec(_Strict):
+    """The architecture to build: a registered name and its keyword arguments.
+
+    With ``code``, ``name`` is instead a class or function defined in that
+    Python file of the archive, which runs only when the caller passes
+    ``trust_code=True``.
+    """
+
+    name: str = Field(min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    code: FileSpec | None = None
 
 
 class ExamplesSpec(FileSpec):
@@ -119,8 +125,10 @@ class Manifest(_Strict):
     metadata: Metadata = Field(default_factory=Metadata)
 
     def files(self) -> list[FileSpec]:
-        """Every file the manifest names: weights, then examples."""
-        return [*self.weights, *([self.examples] if self.examples else [])]
+        """Every file the manifest names: weights, examples, then code."""
+        code = self.architecture.code if self.architecture else None
+        optional = [spec for spec in (self.examples, code) if spec is not None]
+        return [*self.weights, *optional]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,15 @@ from torch import nn
 from zooload.architectures import (
     Factory,
     build_without_parameters,
+    load_code_architecture,
     resolve_architecture,
 )
-from zooload.archive import ArchiveKind, extract_to_cache, sniff_archive
+from zooload.archive import (
+    ArchiveKind,
+    ExtractionLimits,
+    extract_to_cache,
+    sniff_archive,
+)
 from zooload.cache import Cache
 from zooload.checks import ExampleResult, check_examples, check_materialised
 from zooload.errors import (
@@ -37,6 +43,7 @@ from zooload.errors import (
     IntegrityError,
     ManifestError,
     StateDictError,
+    UntrustedCodeError,
 )
 from zooload.fetching import Blob, fetch_blob, parse_location
 from zooload.formats import (
@@ -75,6 +82,7 @@ def fetch(
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    limits: ExtractionLimits | None = None,
 ) -> Path:
     """Download, verify and unpack ``url``; return the local file or folder.
 
@@ -107,6 +115,9 @@ def fetch(
     retry
         Attempts, backoff and timeouts; ``None`` uses the defaults of
         :class:`RetryPolicy`.
+    limits
+        Bounds on what an archive may extract (members, bytes, compression
+        ratio); ``None`` uses the defaults of :class:`ExtractionLimits`.
 
     Returns
     -------
@@ -139,6 +150,7 @@ def fetch(
         mirrors=mirrors,
         headers=headers,
         retry=retry,
+        limits=limits,
         progress=progress,
     )
     return _fetch(url, sha256, cache_dir, options, extract=extract).root
@@ -168,10 +180,10 @@ def _fetch(
     if not extract:
         return fetched
     with _evicted_if_unusable(fetched):
-        return _Fetched(blob, cache, _unpack(blob, cache))
+        return _Fetched(blob, cache, _unpack(blob, cache, options.limits))
 
 
-def _unpack(blob: Blob, cache: Cache) -> Path:
+def _unpack(blob: Blob, cache: Cache, limits: ExtractionLimits) -> Path:
     if blob.path.is_dir():
         verify_manifest_files(blob.path)
         return blob.path
@@ -179,7 +191,12 @@ def _unpack(blob: Blob, cache: Cache) -> Path:
         return blob.path
     validate = functools.partial(verify_manifest_files, source=blob.url)
     return extract_to_cache(
-        blob.path, blob.sha256, cache, validate=validate, source=blob.url
+        blob.path,
+        blob.sha256,
+        cache,
+        validate=validate,
+        limits=limits,
+        source=blob.url,
     )
 
 
@@ -243,6 +260,7 @@ def load_state_dict(
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    limits: ExtractionLimits | None = None,
 ) -> StateDict:
     """Read the weights of any checkpoint, local or remote, as a state dict.
 
@@ -267,7 +285,7 @@ def load_state_dict(
         Names of the extra globals a pickle may build (``"mypkg.Config"``),
         as an :class:`~zooload.UnsafeCheckpointError` lists them; the
         narrow alternative to ``trust_pickle``.
-    sha256, cache_dir, progress, offline, mirrors, headers, retry
+    sha256, cache_dir, progress, offline, mirrors, headers, retry, limits
         As for :func:`fetch`.
 
     Returns
@@ -299,6 +317,7 @@ def load_state_dict(
         mirrors=mirrors,
         headers=headers,
         retry=retry,
+        limits=limits,
         progress=progress,
     )
     fetched = _fetch(source, sha256, cache_dir, settings)
@@ -326,10 +345,12 @@ def load_url(
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
+    trust_code: bool = False,
     offline: bool | None = None,
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    limits: ExtractionLimits | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Turn a URL into a ready model: fetch, verify, unpack, build, load, check.
@@ -367,8 +388,12 @@ def load_url(
     on_shape_mismatch
         ``"skip"`` keeps the architecture's own initialised tensor where the
         checkpoint's shape differs (see :func:`load_into`).
-    offline, mirrors, headers, retry
-        How the bytes are fetched; see :func:`fetch`.
+    trust_code
+        Import the architecture from a Python file the archive ships, when
+        its manifest names one (``architecture.code``); that runs the file.
+        Off by default: nothing from an archive runs unless asked for.
+    offline, mirrors, headers, retry, limits
+        How the bytes are fetched and unpacked; see :func:`fetch`.
     **arch_kwargs
         Keyword arguments for the architecture, over the manifest's.
 
@@ -411,10 +436,12 @@ def load_url(
         trust_pickle=trust_pickle,
         allow_globals=allow_globals,
         on_shape_mismatch=on_shape_mismatch,
+        trust_code=trust_code,
         offline=offline,
         mirrors=mirrors,
         headers=headers,
         retry=retry,
+        limits=limits,
         **arch_kwargs,
     )
     return result.model
@@ -434,10 +461,12 @@ def load(
     trust_pickle: bool = False,
     allow_globals: Sequence[str] = (),
     on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
+    trust_code: bool = False,
     offline: bool | None = None,
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    limits: ExtractionLimits | None = None,
     **arch_kwargs: Any,
 ) -> LoadResult:
     """Do what :func:`load_url` does, and return the model with its account.
@@ -467,13 +496,16 @@ def load(
         mirrors=mirrors,
         headers=headers,
         retry=retry,
+        limits=limits,
         progress=progress,
     )
     fetched = _fetch(url, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):
         description = describe(fetched.root)
     clock.lap("fetch")
-    factory, kwargs = _architecture(description, arch, arch_kwargs)
+    factory, kwargs = _architecture(
+        description, arch, arch_kwargs, trust_code=trust_code
+    )
     report: LoadReport | None = None
     if factory is None:
         model: nn.Module = load_program(
@@ -513,12 +545,21 @@ class _StageClock:
 
 
 def _architecture(
-    description: Description, arch: str | Factory | None, arch_kwargs: dict[str, Any]
+    description: Description,
+    arch: str | Factory | None,
+    arch_kwargs: dict[str, Any],
+    *,
+    trust_code: bool,
 ) -> tuple[Factory | None, dict[str, Any]]:
     """The factory and its arguments; ``None`` for a TorchScript program."""
     spec = description.manifest.architecture if description.manifest else None
     if arch is not None:
         return resolve_architecture(arch), dict(arch_kwargs)
+    if spec is not None and spec.code is not None:
+        if not trust_code:
+            raise UntrustedCodeError(str(description.root), spec.code.path)
+        factory = load_code_architecture(description.root / spec.code.path, spec.name)
+        return factory, {**spec.kwargs, **arch_kwargs}
     if spec is not None:
         return resolve_architecture(spec.name), {**spec.kwargs, **arch_kwargs}
     weights = description.weights

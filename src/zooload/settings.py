@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from zooload.archive import ExtractionLimits
 from zooload.errors import ConfigError
 from zooload.retries import RetryPolicy
 
 OFFLINE_ENV = "ZOOLOAD_OFFLINE"
+REQUIRE_HASH_ENV = "ZOOLOAD_REQUIRE_HASH"
 MIRRORS_ENV = "ZOOLOAD_MIRRORS"
 HEADERS_ENV = "ZOOLOAD_HEADERS"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -125,6 +127,8 @@ class FetchOptions:
     headers: HostHeaders = field(default_factory=HostHeaders)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progress: bool | None = None
+    require_hash: bool = False
+    limits: ExtractionLimits = field(default_factory=ExtractionLimits)
 
     def candidates(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from: its mirrors in order, then itself."""
@@ -140,6 +144,7 @@ def resolve_options(
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
     progress: bool | None = None,
+    limits: ExtractionLimits | None = None,
 ) -> FetchOptions:
     """Merge the keyword arguments with the environment into :class:`FetchOptions`.
 
@@ -156,6 +161,8 @@ def resolve_options(
         The retry policy; ``None`` uses the documented defaults.
     progress
         Progress bar on stderr; ``None`` shows it when stderr is a terminal.
+    limits
+        Bounds on archive extraction; ``None`` uses the defaults.
 
     Returns
     -------
@@ -178,16 +185,20 @@ def resolve_options(
         headers=_host_headers(headers),
         retry=retry if retry is not None else RetryPolicy(),
         progress=progress,
+        require_hash=_env_flag(REQUIRE_HASH_ENV),
+        limits=limits if limits is not None else ExtractionLimits(),
     )
 
 
 def _offline(offline: bool | None) -> bool:
-    if offline is not None:
-        return offline
-    text = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    return offline if offline is not None else _env_flag(OFFLINE_ENV)
+
+
+def _env_flag(name: str) -> bool:
+    text = os.environ.get(name, "").strip().lower()
     if text in _TRUE | _FALSE:
         return text in _TRUE
-    message = f"{OFFLINE_ENV}={text!r} is not a yes/no value; set it to 1 or 0."
+    message = f"{name}={text!r} is not a yes/no value; set it to 1 or 0."
     raise ConfigError(message)
 
 

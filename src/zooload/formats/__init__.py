@@ -53,7 +53,6 @@ __all__ = [
 
 _HEAD_BYTES = 512
 _LEGACY_PICKLE_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 _EXPECTED = (
     "a checkpoint (safetensors, torch zip, legacy torch, TorchScript, npz, "
     "or a shard index)"
@@ -145,7 +144,7 @@ def sniff_format(path: Path) -> CheckpointFormat:
         return _zip_format(path)
     if head.startswith(_LEGACY_PICKLE_MAGIC):
         return CheckpointFormat.TORCH_LEGACY
-    if _looks_like_safetensors(head, path.stat().st_size):
+    if safetensors_file.looks_like_header(head, path.stat().st_size):
         return CheckpointFormat.SAFETENSORS
     if sharded.is_index(head):
         return CheckpointFormat.SHARDED_INDEX
@@ -268,15 +267,6 @@ def _zip_format(path: Path) -> CheckpointFormat:
     raise FormatError(str(path), _EXPECTED, "a zip archive of other files", hint)
 
 
-def _looks_like_safetensors(head: bytes, size: int) -> bool:
-    if len(head) < 9:
-        return False
-    (header_length,) = struct.unpack("<Q", head[:8])
-    if header_length > min(size - 8, _SAFETENSORS_MAX_HEADER):
-        return False
-    return head[8:9] == b"{"
-
-
 def describe_bytes(head: bytes) -> str:
     """Say in words what a file that is no checkpoint seems to be.
 
@@ -318,6 +308,8 @@ def _next_step(head: bytes) -> str:
         return "The server sent a web page: check the URL and any login it needs."
     if not head:
         return "The download is empty; download it again."
+    if head[8:9] == b"{":
+        return "The file is cut short; download it again."
     return "Check that the URL or path points at the weights file."
 
 

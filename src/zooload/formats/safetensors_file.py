@@ -48,19 +48,54 @@ def read(
         ) from err
 
 
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def looks_like_header(head: bytes, size: int) -> bool:
+    """Whether a file's first bytes start a safetensors header that fits in it.
+
+    Examples
+    --------
+    >>> looks_like_header((2).to_bytes(8, "little") + b"{}", 10)
+    True
+    >>> looks_like_header(b"PK" + bytes(8), 10)
+    False
+    """
+    if len(head) < 9:
+        return False
+    header_length = int.from_bytes(head[:8], "little")
+    if header_length > min(size - 8, _MAX_HEADER_BYTES):
+        return False
+    return head[8:9] == b"{"
+
+
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+# Some dtypes exist only in newer torch releases; the range we support starts
+# at 2.5, so each is looked up rather than named directly.
 _DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+    code: getattr(torch, name)
+    for code, name in _DTYPE_NAMES.items()
+    if isinstance(getattr(torch, name, None), torch.dtype)
 }
 
 

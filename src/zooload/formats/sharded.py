@@ -18,7 +18,6 @@ from zooload.errors import FormatError
 from zooload.formats import safetensors_file
 
 _EXPECTED = "a sharded checkpoint index"
-_SAFETENSORS_MAGIC_LIMIT = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +96,13 @@ def _shard_path(index: Path, shard: str) -> Path:
 
 
 def _check_fresh(index: Path, shard: Path, names: set[str]) -> None:
+    """Compare a safetensors shard's header with the index; others are read later."""
     with shard.open("rb") as stream:
-        head = stream.read(16)
-    if head[:1] in {b"P", b"\x80"}:
+        head = stream.read(512)
+    if is_index(head):
+        hint = "An index must point at checkpoint files, not at another index."
+        raise FormatError(str(index), _EXPECTED, f"{shard.name} is another index", hint)
+    if not safetensors_file.looks_like_header(head, shard.stat().st_size):
         return
     held = set(safetensors_file.tensor_names(shard))
     if held != names:

@@ -88,6 +88,10 @@ def read(
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Weights only" in str(err):
             needed = _unsafe_globals(path, err, trust.allowed_globals)
+            if not needed:
+                # Weights-only unpickling also fails on a corrupt pickle
+                # stream; with no global to name, the file is damaged.
+                raise _damaged(path, err) from err
             raise UnsafeCheckpointError(str(path), needed) from err
         raise _damaged(path, err) from err
     except DAMAGED_FILE_ERRORS as err:
