@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 import zooload
 from support.builders import make_tar, partial_files, sha256_of
@@ -155,3 +157,30 @@ def test_cache_verify_reports_and_removes_corrupt_blobs(
     # The next fetch downloads the file again.
     url, data = items[1]
     assert zooload.fetch(url, cache_dir=cache_dir).read_bytes() == data
+
+
+def test_verify_cache_finds_a_tree_altered_after_extraction(
+    tmp_path: Path, served: Any
+) -> None:
+    packed = zooload.pack(
+        torch.nn.Linear(2, 1), tmp_path / "linear.tar.gz", arch="admin-linear"
+    )
+    url = served.add("linear.tar.gz", packed.read_bytes())
+    cache_dir = tmp_path / "cache"
+    tree = zooload.fetch(url, cache_dir=cache_dir)
+    assert zooload.verify_cache(cache_dir=cache_dir) == ()
+
+    (tree / "weights.safetensors").write_bytes(b"edited")
+    corrupt = zooload.verify_cache(cache_dir=cache_dir)
+
+    assert len(corrupt) == 1
+    assert corrupt[0].actual == corrupt[0].entry.sha256
+    assert "sha256 mismatch for weights.safetensors" in corrupt[0].tree_problem
+    assert not corrupt[0].removed
+    removed = zooload.verify_cache(cache_dir=cache_dir, remove_corrupt=True)
+    assert removed[0].removed
+    assert not tree.exists()
+    assert (
+        zooload.fetch(url, cache_dir=cache_dir) / "weights.safetensors"
+    ).stat().st_size > 6
+    assert zooload.verify_cache(cache_dir=cache_dir) == ()

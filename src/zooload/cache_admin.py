@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zooload.cache import Cache
-from zooload.errors import CacheError
+from zooload.errors import CacheError, IntegrityError, ManifestError
 from zooload.hashing import file_digest
+from zooload.manifest import verify_manifest_files
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class PruneResult:
 
 @dataclass(frozen=True, slots=True)
 class CorruptBlob:
-    """A blob whose bytes no longer hash to its name.
+    """A blob whose bytes no longer hash to its name, or whose tree was altered.
 
     Attributes
     ----------
@@ -91,11 +92,16 @@ class CorruptBlob:
     removed
         Whether :func:`verify_cache` removed it (``remove_corrupt=True``
         and no other process held it).
+    tree_problem
+        When the blob is intact but a file of its extracted tree no longer
+        matches the manifest: what is wrong. The tree is re-extracted from
+        the blob once removed.
     """
 
     entry: CacheEntry
     actual: str
     removed: bool
+    tree_problem: str = ""
 
 
 def cache_entries(*, cache_dir: PathLike | None = None) -> tuple[CacheEntry, ...]:
@@ -263,7 +269,10 @@ def prune_cache(max_bytes: int, *, cache_dir: PathLike | None = None) -> PruneRe
 def verify_cache(
     *, cache_dir: PathLike | None = None, remove_corrupt: bool = False
 ) -> tuple[CorruptBlob, ...]:
-    """Hash every blob and report those whose bytes do not match their name.
+    """Hash every blob and extracted tree; report what no longer matches.
+
+    A blob must hash to its name; an extracted archive's files must match
+    the sha256 its manifest lists (a tree edited after extraction).
 
     Parameters
     ----------
@@ -297,7 +306,34 @@ def verify_cache(
         if actual != entry.sha256:
             removed = remove_corrupt and _remove(cache, entry)
             corrupt.append(CorruptBlob(entry, actual, removed))
+            continue
+        problem = _tree_problem(cache.tree_path(entry.sha256))
+        if problem:
+            removed = remove_corrupt and _remove_tree(cache, entry)
+            corrupt.append(CorruptBlob(entry, actual, removed, problem))
     return tuple(corrupt)
+
+
+def _tree_problem(tree: Path) -> str:
+    """What is wrong with an extracted tree, or ``""`` when it matches."""
+    if not tree.is_dir():
+        return ""
+    try:
+        verify_manifest_files(tree)
+    except (IntegrityError, ManifestError) as err:
+        return str(err)
+    return ""
+
+
+def _remove_tree(cache: Cache, entry: CacheEntry) -> bool:
+    """Remove an altered tree under the blob's lock; the blob stays."""
+    stack = cache.lock_if_free([entry.sha256])
+    if stack is None:
+        return False
+    with stack:
+        shutil.rmtree(cache.tree_path(entry.sha256), ignore_errors=True)
+    logger.debug("removed the altered tree of %s", entry.sha256)
+    return True
 
 
 def _digest_keeping_last_use(entry: CacheEntry) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
