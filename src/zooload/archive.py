@@ -68,7 +68,7 @@ class ArchiveKind(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ExtractionLimits:
-    """Bounds on what one archive may extract; see ``docs/SECURITY.md``.
+    """Bounds on what one archive may extract; see ``SECURITY.md``.
 
     Attributes
     ----------

@@ -18,7 +18,7 @@ StateDict = dict[str, torch.Tensor]
 
 @dataclass(frozen=True, slots=True)
 class PickleTrust:
-    """What a pickle may build beyond weights; see docs/SECURITY.md.
+    """What a pickle may build beyond weights; see SECURITY.md.
 
     ``everything`` lifts every restriction (the file may run code).
     ``allowed_globals`` names the extra globals (``"mypkg.Config"``) that
