@@ -515,3 +515,22 @@ def test_extract_to_cache_tar_member_never_writes_more_than_declared(
 
     assert (tree / "w.bin").read_bytes() == b"01234"
     assert cache_files(cache.root) == [f"trees/{DIGEST}/w.bin"]
+
+
+@pytest.mark.parametrize("archive_type", ["tar", "zip"])
+def test_extract_to_cache_refuses_a_file_named_as_the_folder_itself(
+    tmp_path: Path, archive_type: str
+) -> None:
+    # Only a folder may be called "."; a file of that name is refused.
+    cache = Cache.open(tmp_path / "cache")
+    members = {"zooload.json": b"{}", ".": b"not a folder"}
+    data = make_tar(members, mode="w") if archive_type == "tar" else _zip(members)
+    archive = _write(tmp_path, "model", data)
+
+    with pytest.raises(
+        UnsafeArchiveError, match=r"member '\.': empty name\. Nothing was extracted"
+    ) as caught:
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert caught.value.rule == "empty name"
+    assert cache_files(cache.root) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -156,7 +155,7 @@ def test_the_gzip_bomb_is_small_and_refused_before_it_is_written(
         zooload.UnsafeArchiveError, match=r"inflate to \d+ times its size"
     ):
         cache(path, cache_dir=tmp_path / "cache")
-    assert os.listdir(tmp_path / "cache" / "trees") == []
+    assert list((tmp_path / "cache" / "trees").iterdir()) == []
 
 
 def test_extraction_limits_are_configurable(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from torch import nn
 
 from zooload.errors import ConfigError, UnknownArchitectureError
@@ -248,8 +247,3 @@ def _parameter_to_meta(
 def _qualified_name(factory: Callable[..., Any]) -> str:
     module = getattr(factory, "__module__", "?")
     return f"{module}.{getattr(factory, '__qualname__', repr(factory))}"
-
-
-def is_meta(tensor: torch.Tensor) -> bool:
-    """Whether a tensor has no storage (lives on the meta device)."""
-    return tensor.device.type == "meta"

@@ -187,7 +187,9 @@ def _shape_of(value: Any) -> str:
     if isinstance(value, Mapping):
         keys = ", ".join(str(k) for k in list(value)[:8])
         return f"a mapping with keys [{keys}] but no mapping of names to tensors"
-    return f"a {type(value).__name__}"
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name}"
 
 
 def describe_structure(content: Any, *, depth: int = 0, limit: int = 3) -> list[str]:

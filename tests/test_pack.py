@@ -1,0 +1,52 @@
+"""Unit tests for zooload.pack: refusals leave nothing behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import zooload
+from zooload.errors import ConfigError
+
+WEIGHTS = {"weight": torch.tensor([[1.0, 2.0]]), "bias": torch.tensor([0.5])}
+
+
+def test_pack_refuses_an_existing_destination_and_keeps_it(tmp_path: Path) -> None:
+    dest = tmp_path / "model.zip"
+    dest.write_bytes(b"an earlier archive")
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(f"{dest} exists already; remove it or choose another name."),
+    ):
+        zooload.pack(WEIGHTS, dest, arch="test-pack-linear")
+
+    assert dest.read_bytes() == b"an earlier archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"rename": [("(unclosed", "")]}, "rename.0.pattern"),
+        ({"arch": ""}, "architecture.name"),
+    ],
+    ids=["bad-rename-pattern", "empty-arch"],
+)
+def test_pack_invalid_manifest_arguments_raise_and_leave_nothing(
+    tmp_path: Path, arguments: dict[str, object], field: str
+) -> None:
+    options: dict[str, object] = {"arch": "test-pack-linear", **arguments}
+
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)these arguments do not make a valid manifest: .*"
+        + re.escape(field),
+    ):
+        zooload.pack(WEIGHTS, tmp_path / "model.tar.gz", **options)
+
+    # Neither the archive nor the staging folder is left behind.
+    assert list(tmp_path.iterdir()) == []
