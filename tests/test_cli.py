@@ -571,3 +571,44 @@ def test_cli_runs_as_a_module(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0
     assert completed.stdout == f"zooload, version {zooload.__version__}\n"
+
+
+def test_cli_pack_then_inspect_shows_kwargs_and_rename_rules(
+    run: Run, tmp_path: Path
+) -> None:
+    source = tmp_path / "mlp.pt"
+    torch.save({f"net.{k}": v for k, v in Mlp(width=6).state_dict().items()}, source)
+    dest = tmp_path / "mlp.tar.gz"
+    code, _, err = run(
+        "pack",
+        source,
+        "--arch",
+        "cli-test-mlp",
+        "--arch-kwargs",
+        '{"width": 6}',
+        "--rename",
+        r"^net\.",
+        "",
+        "--name",
+        "tiny",
+        "-o",
+        dest,
+    )
+    assert code == 0, err
+    code, out, _ = run("inspect", dest)
+    assert "manifest      tiny" in out
+    assert 'architecture  cli-test-mlp {"width": 6}' in out
+    assert "rename        '^net\\\\.' -> ''" in out
+    assert run("load", dest)[0] == 0
+
+
+def test_cli_cache_prune_names_entries_in_use(
+    run: Run, served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill_cache(run, served, {"busy.bin": 10})
+    (entry,) = zooload.cache_entries(cache_dir=run.cache_dir)
+    held = zooload.PruneResult(removed=(), skipped=(entry,), freed=0, size=entry.size)
+    monkeypatch.setattr("zooload.cli_cache.prune_cache", lambda *_, **__: held)
+    code, out, _ = run("cache", "prune", "--max-size", "0")
+    assert code == 0
+    assert out.startswith(f"in use, kept {entry.sha256}")

@@ -118,3 +118,8 @@ def test_safetensors_reader_refuses_damaged_alias_metadata(
     save_file({"a": torch.ones(1)}, path, metadata={ALIASES_KEY: aliases})
     with pytest.raises(FormatError, match="metadata is damaged.*download it again"):
         zooload.load_state_dict(path)
+
+
+def test_split_aliases_never_ties_tensors_without_storage() -> None:
+    unique, aliases = split_aliases({"a": torch.empty(0), "b": torch.empty(0)})
+    assert (list(unique), aliases) == (["a", "b"], {})

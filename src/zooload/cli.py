@@ -10,11 +10,8 @@ Results go to stdout, logs, progress bars and errors to stderr. Exit codes:
 from __future__ import annotations
 
 import importlib
-import json
 import logging
-import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,17 @@ from zooload import __version__
 from zooload.architectures import build_without_parameters, resolve_architecture
 from zooload.cli_cache import cache
 from zooload.cli_format import print_fields, print_json, print_table
+from zooload.cli_options import (
+    Session,
+    globals_option,
+    json_object,
+    json_option,
+    key_option,
+    key_value,
+    kwargs_option,
+    sha_option,
+    trust_option,
+)
 from zooload.cli_views import (
     diff_json,
     diff_text,
@@ -47,34 +55,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 88}
-
-
-@dataclass(slots=True)
-class Session:
-    """Settings of one invocation, shared by every command through click."""
-
-    debug: bool = False
-    cache_dir: Path | None = None
-    handler: logging.Handler | None = None
-    level: int = logging.NOTSET
-
-    def start_logging(self, level: int) -> None:
-        """Send zooload's logs at ``level`` and above to stderr."""
-        package = logging.getLogger("zooload")
-        self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-        self.level = package.level
-        package.addHandler(self.handler)
-        package.setLevel(level)
-
-    def close(self) -> None:
-        """Undo :meth:`start_logging`, so that in-process callers are unaffected."""
-        if self.handler is not None:
-            package = logging.getLogger("zooload")
-            package.removeHandler(self.handler)
-            package.setLevel(self.level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,68 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         session.close()
     return result if isinstance(result, int) else EXIT_OK
-
-
-def _json_object(text: str, ctx: click.Context, param: click.Parameter) -> Any:
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as err:
-        message = f"{text!r} is not JSON: {err}"
-        raise click.BadParameter(message, ctx, param) from err
-    if not isinstance(parsed, dict):
-        message = f"{text!r} is not a JSON object ({{...}})"
-        raise click.BadParameter(message, ctx, param)
-    return parsed
-
-
-def _json_objects(
-    ctx: click.Context, param: click.Parameter, values: str | tuple[str, ...]
-) -> Any:
-    if isinstance(values, str):
-        return _json_object(values, ctx, param)
-    return tuple(_json_object(value, ctx, param) for value in values)
-
-
-def _key_value(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    pairs = [value.partition("=") for value in values]
-    bad = [value for value, (_, sep, _) in zip(values, pairs, strict=True) if not sep]
-    if bad:
-        message = f"{bad[0]!r} is not KEY=VALUE"
-        raise click.BadParameter(message, ctx, param)
-    return {key: value for key, _, value in pairs}
-
-
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
-)
-key_option = click.option(
-    "--key",
-    metavar="PATH",
-    help="Key of the weights in a training checkpoint: ema.module",
-)
-trust_option = click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Let pickles build any object (runs code from the file).",
-)
-globals_option = click.option(
-    "--allow-global",
-    "allow_globals",
-    multiple=True,
-    metavar="NAME",
-    help="A global a pickle may build, as the error names it: mypkg.Config",
-)
-sha_option = click.option(
-    "--sha256", metavar="HEX", help="The expected sha256 of the downloaded bytes."
-)
-kwargs_option = click.option(
-    "--arch-kwargs",
-    default="{}",
-    callback=_json_objects,
-    help="""Keyword arguments of the architecture: '{"width": 64}'""",
-)
 
 
 @click.group(context_settings=_CONTEXT)
@@ -318,7 +237,7 @@ def inspect_command(
     allow_globals: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Say what a checkpoint, archive or folder holds, without loading it.
+    """Say what a checkpoint, archive or folder holds.
 
     \b
     Examples:
@@ -354,7 +273,7 @@ def inspect_command(
     "--arch-kwargs",
     "arch_kwargs",
     multiple=True,
-    callback=_json_objects,
+    callback=json_object,
     help="""Keyword arguments of each --arch, in order: '{"width": 64}'""",
 )
 @key_option
@@ -477,7 +396,7 @@ def convert_command(
 @click.option(
     "--meta",
     multiple=True,
-    callback=_key_value,
+    callback=key_value,
     metavar="KEY=VALUE",
     help="Free metadata: license=MIT",
 )
@@ -503,7 +422,7 @@ def pack_command(
     key: str | None,
     output: Path,
 ) -> None:
-    """Pack weights into an archive that zooload load can load; print its path.
+    """Pack weights into an archive for zooload load; print its path.
 
     OUT ending in .tar.gz, .tgz or .zip makes an archive, anything else a folder.
 

@@ -6,7 +6,7 @@ with the ``--cache-dir`` of the main command.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -26,17 +26,11 @@ from zooload.cli_format import (
     print_json,
     print_table,
 )
+from zooload.cli_options import Session, json_option
 from zooload.cli_views import entry_json, entry_row, prune_json
 from zooload.errors import ConfigError
 
-if TYPE_CHECKING:
-    from zooload.cli import Session
-
 _ENTRY_COLUMNS = ["sha256", "size", "last used", "urls"]
-
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text."
-)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:

@@ -27,6 +27,7 @@ from zooload.report import collapse_names, collapse_renames
 
 Fields = list[tuple[str, str]]
 _SHORT_DIGEST = 12
+_LABEL = 17  # where the entries of a listing start
 
 
 def load_fields(result: LoadResult, source: str, arch: str | None) -> Fields:
@@ -208,8 +209,8 @@ def tensor_rows(info: CheckpointInfo) -> list[list[str]]:
 def diff_text(diff: StateDictDiff, a: str, b: str) -> str:
     """The sections of ``zooload diff`` for people."""
     sections = [
-        f"a  {a}",
-        f"b  {b}",
+        f"{'a':<{_LABEL}}{a}",
+        f"{'b':<{_LABEL}}{b}",
         listing("prefix", [diff.prefix]) if diff.prefix else "",
         f"{'matched':<10} {len(diff.matched):>4}",
         listing("only in a", collapse_names(diff.only_a), count=len(diff.only_a)),
@@ -219,7 +220,8 @@ def diff_text(diff: StateDictDiff, a: str, b: str) -> str:
             "dtypes", [f"{n}: a {x} vs b {y}" for n, (x, y) in diff.dtypes.items()]
         ),
         listing("renames", collapse_renames(diff.renames), count=len(diff.renames)),
-        "compatible" if diff.compatible else "not compatible",
+        f"{'result':<{_LABEL}}"
+        + ("compatible" if diff.compatible else "not compatible"),
     ]
     return "\n".join(section for section in sections if section)
 
