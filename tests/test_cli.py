@@ -166,7 +166,7 @@ def test_cli_inspect_json_structure(run: Run, lpips_alex: Path) -> None:
         "name": "lin0.model.1.weight",
         "shape": [1, 64, 1, 1],
         "dtype": "float32",
-        "bytes": 256,
+        "nbytes": 256,
     }
 
 

@@ -9,6 +9,7 @@ scripts.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Mapping
@@ -190,12 +191,7 @@ def inspect_json(info: CheckpointInfo) -> dict[str, Any]:
 
 
 def _tensor_json(tensor: TensorInfo) -> dict[str, Any]:
-    return {
-        "name": tensor.name,
-        "shape": list(tensor.shape),
-        "dtype": tensor.dtype,
-        "bytes": tensor.nbytes,
-    }
+    return {**dataclasses.asdict(tensor), "shape": list(tensor.shape)}
 
 
 def tensor_rows(info: CheckpointInfo) -> list[list[str]]:
@@ -268,12 +264,10 @@ def entry_row(entry: CacheEntry) -> list[str]:
 
 
 def entry_json(entry: CacheEntry) -> dict[str, Any]:
-    """A cache entry as JSON data."""
+    """A cache entry as JSON data: its attributes, the path as a string."""
     return {
-        "sha256": entry.sha256,
+        **dataclasses.asdict(entry),
         "urls": list(entry.urls),
-        "size": entry.size,
-        "last_used": entry.last_used,
         "path": str(entry.path),
     }
 
