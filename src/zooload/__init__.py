@@ -13,11 +13,14 @@ from zooload.cache_admin import (
     CorruptBlob,
     PruneResult,
     cache_entries,
+    cache_root,
     cache_size,
     prune_cache,
     remove_from_cache,
     verify_cache,
 )
+from zooload.compare import StateDictDiff, diff_state_dicts
+from zooload.conversion import convert
 from zooload.errors import (
     ArchiveError,
     CacheError,
@@ -70,6 +73,7 @@ __all__ = [
     "PruneResult",
     "RetryPolicy",
     "SizeMismatchError",
+    "StateDictDiff",
     "StateDictError",
     "UnknownArchitectureError",
     "UnsafeArchiveError",
@@ -79,7 +83,10 @@ __all__ = [
     "ZooloadError",
     "__version__",
     "cache_entries",
+    "cache_root",
     "cache_size",
+    "convert",
+    "diff_state_dicts",
     "fetch",
     "inspect",
     "load",

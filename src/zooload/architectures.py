@@ -187,6 +187,7 @@ def build_without_parameters(factory: Factory, kwargs: dict[str, Any]) -> nn.Mod
 
     Examples
     --------
+    >>> import torch
     >>> module = build_without_parameters(torch.nn.Linear, {"in_features": 2,
     ...                                                      "out_features": 1})
     >>> module.weight.device.type

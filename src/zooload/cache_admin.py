@@ -5,8 +5,8 @@ tree if any, and the URLs whose records point at it. An entry's last use is
 its blob's access time, which every fetch that serves the blob renews.
 Removal takes the entry's locks without waiting: an entry that another
 process is downloading, revalidating or extracting is left alone. The layout
-is described in ``docs/CACHE.md``; a command line over these functions is
-KL-010.
+is described in ``docs/CACHE.md``; ``zooload cache`` is the command line
+over these functions.
 """
 
 from __future__ import annotations
@@ -135,6 +135,34 @@ def cache_entries(*, cache_dir: PathLike | None = None) -> tuple[CacheEntry, ...
         with contextlib.suppress(FileNotFoundError):
             entries.append(_entry(cache, path, urls.get(path.name, ())))
     return tuple(sorted(entries, key=lambda entry: entry.last_used, reverse=True))
+
+
+def cache_root(*, cache_dir: PathLike | None = None) -> Path:
+    """Return the cache folder, creating its layout if needed.
+
+    Parameters
+    ----------
+    cache_dir
+        Cache root; defaults to ``$ZOOLOAD_CACHE`` or the user cache folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The absolute path of the cache root.
+
+    Raises
+    ------
+    CacheError
+        When the cache folder cannot be used.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     cache_root(cache_dir=folder) == pathlib.Path(folder).resolve()
+    True
+    """
+    return Cache.open(cache_dir).root
 
 
 def cache_size(*, cache_dir: PathLike | None = None) -> int:

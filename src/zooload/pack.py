@@ -28,6 +28,7 @@ from zooload.architectures import (
     build_without_parameters,
     resolve_architecture,
 )
+from zooload.conversion import storable
 from zooload.errors import ConfigError
 from zooload.hashing import file_digest
 from zooload.loading import load_into
@@ -110,7 +111,7 @@ def pack(
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pack-") as staging:
         folder = Path(staging, "content")
         folder.mkdir()
-        save_file(_storable(state_dict), folder / WEIGHTS_NAME)
+        save_file(storable(state_dict), folder / WEIGHTS_NAME)
         document = _manifest(name or arch, arch, kwargs, rules, metadata, folder)
         if example_inputs is not None:
             model = _model_for_examples(model_or_state_dict, arch, kwargs, rules)
@@ -128,18 +129,6 @@ def _state_dict_of(
     if isinstance(source, nn.Module):
         return dict(source.state_dict())
     return dict(source)
-
-
-def _storable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, each with storage of its own (safetensors' rule)."""
-    stored: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, tensor in state_dict.items():
-        plain = tensor.detach().cpu().contiguous()
-        pointer = plain.untyped_storage().data_ptr()
-        stored[key] = plain.clone() if pointer in seen else plain
-        seen.add(pointer)
-    return stored
 
 
 def _manifest(
@@ -186,7 +175,7 @@ def _write_examples(model: nn.Module, inputs: Inputs, folder: Path) -> dict[str,
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     tensors = {f"input.{i}": t for i, t in enumerate(given)}
     tensors |= {f"output.{i}": t for i, t in enumerate(outputs)}
-    save_file(_storable(tensors), folder / EXAMPLES_NAME)
+    save_file(storable(tensors), folder / EXAMPLES_NAME)
     return {
         "path": EXAMPLES_NAME,
         "sha256": file_digest(folder / EXAMPLES_NAME),

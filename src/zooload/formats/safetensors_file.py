@@ -2,11 +2,14 @@
 
 The file is read into memory rather than mapped (KL-003 in
 docs/KNOWN_LIMITATIONS.md). On the meta device only the header is read,
-which is how :func:`zooload.inspect` sizes up large files cheaply.
+which is how :func:`zooload.inspect` sizes up large files cheaply. Tied
+tensors that :func:`zooload.convert` stored once come back under each of
+their names, from the aliases recorded in the metadata (:data:`ALIASES_KEY`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from zooload.errors import FormatError
 from zooload.formats.common import DAMAGED_FILE_ERRORS, NO_TRUST, PickleTrust, StateDict
 
 _HINT = "The file is truncated or damaged; download it again."
+ALIASES_KEY = "zooload.aliases"
+"""Metadata key of ``{alias: stored name}`` for tied tensors, as JSON."""
 _READ_ERRORS: tuple[type[Exception], ...] = (SafetensorError, *DAMAGED_FILE_ERRORS)
 
 
@@ -37,8 +42,11 @@ def read(
     [1.0, 1.0]
     """
     device = str(torch.device(map_location))
-    if device == "meta":
-        return _header_tensors(path)
+    tensors = _header_tensors(path) if device == "meta" else _load(path, device)
+    return _with_aliases(tensors, header_metadata(path), path)
+
+
+def _load(path: Path, device: str) -> StateDict:
     try:
         return dict(load_file(path, device=device))
     except _READ_ERRORS as err:
@@ -155,3 +163,18 @@ def header_metadata(path: Path) -> Mapping[str, str]:
         raise FormatError(
             str(path), "a readable safetensors file", seen, _HINT
         ) from err
+
+
+def _with_aliases(
+    tensors: StateDict, metadata: Mapping[str, str], path: Path
+) -> StateDict:
+    """Add the alias names of tied tensors, each pointing at its stored tensor."""
+    try:
+        aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
+        tied = {alias: tensors[stored] for alias, stored in aliases.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        seen = f"a file whose {ALIASES_KEY} metadata is damaged ({err!r})"
+        raise FormatError(
+            str(path), "a readable safetensors file", seen, _HINT
+        ) from err
+    return {**tensors, **tied}
