@@ -50,3 +50,16 @@ def test_pack_invalid_manifest_arguments_raise_and_leave_nothing(
 
     # Neither the archive nor the staging folder is left behind.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pack_example_inputs_that_do_not_fit_forward_raise_config_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(zooload.ConfigError, match=r"shapes \[\[3, 5\]\].*forward\(\)"):
+        zooload.pack(
+            torch.nn.Linear(2, 1),
+            tmp_path / "bad.tar.gz",
+            arch="pack-bad-examples",
+            example_inputs=torch.ones(3, 5),
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -169,9 +169,18 @@ def _write_examples(model: nn.Module, inputs: Inputs, folder: Path) -> dict[str,
     given = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        result = model(*given)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            result = model(*given)
+    except (TypeError, ValueError, RuntimeError, IndexError) as err:
+        shapes = [list(t.shape) for t in given]
+        message = (
+            f"the model cannot run on the example inputs (shapes {shapes}): "
+            f"{err}. Give example_inputs that its forward() accepts."
+        )
+        raise ConfigError(message) from err
+    finally:
+        model.train(was_training)
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     tensors = {f"input.{i}": t for i, t in enumerate(given)}
     tensors |= {f"output.{i}": t for i, t in enumerate(outputs)}
