@@ -75,6 +75,7 @@ def fetch(
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    verify: str = "recorded",
 ) -> Path:
     """Download, verify and unpack ``url``; return the local file or folder.
 
@@ -107,6 +108,10 @@ def fetch(
     retry
         Attempts, backoff and timeouts; ``None`` uses the defaults of
         :class:`RetryPolicy`.
+    verify
+        ``"recorded"`` (the default) trusts a local file whose size and
+        modification time match the record of its last hashing, and a
+        pinned cache entry by its name; ``"full"`` hashes them again.
 
     Returns
     -------
@@ -140,6 +145,7 @@ def fetch(
         headers=headers,
         retry=retry,
         progress=progress,
+        verify=verify,
     )
     return _fetch(url, sha256, cache_dir, options, extract=extract).root
 
@@ -243,6 +249,7 @@ def load_state_dict(
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    verify: str = "recorded",
 ) -> StateDict:
     """Read the weights of any checkpoint, local or remote, as a state dict.
 
@@ -267,7 +274,7 @@ def load_state_dict(
         Names of the extra globals a pickle may build (``"mypkg.Config"``),
         as an :class:`~zooload.UnsafeCheckpointError` lists them; the
         narrow alternative to ``trust_pickle``.
-    sha256, cache_dir, progress, offline, mirrors, headers, retry
+    sha256, cache_dir, progress, offline, mirrors, headers, retry, verify
         As for :func:`fetch`.
 
     Returns
@@ -300,6 +307,7 @@ def load_state_dict(
         headers=headers,
         retry=retry,
         progress=progress,
+        verify=verify,
     )
     fetched = _fetch(source, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):
@@ -330,6 +338,7 @@ def load_url(
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    verify: str = "recorded",
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Turn a URL into a ready model: fetch, verify, unpack, build, load, check.
@@ -367,7 +376,7 @@ def load_url(
     on_shape_mismatch
         ``"skip"`` keeps the architecture's own initialised tensor where the
         checkpoint's shape differs (see :func:`load_into`).
-    offline, mirrors, headers, retry
+    offline, mirrors, headers, retry, verify
         How the bytes are fetched; see :func:`fetch`.
     **arch_kwargs
         Keyword arguments for the architecture, over the manifest's.
@@ -415,6 +424,7 @@ def load_url(
         mirrors=mirrors,
         headers=headers,
         retry=retry,
+        verify=verify,
         **arch_kwargs,
     )
     return result.model
@@ -438,6 +448,7 @@ def load(
     mirrors: MirrorsArgument | None = None,
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
+    verify: str = "recorded",
     **arch_kwargs: Any,
 ) -> LoadResult:
     """Do what :func:`load_url` does, and return the model with its account.
@@ -468,6 +479,7 @@ def load(
         headers=headers,
         retry=retry,
         progress=progress,
+        verify=verify,
     )
     fetched = _fetch(url, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):

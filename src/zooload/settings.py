@@ -11,6 +11,7 @@ error message and never shown by ``repr``.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -113,6 +114,18 @@ def _header_items(host: str, headers: object) -> tuple[tuple[str, str], ...]:
     return tuple(items)
 
 
+class Verification(str, enum.Enum):
+    """How bytes that were verified before are checked again.
+
+    ``recorded`` trusts a local file whose size and modification time match
+    the record of its last hashing, and a pinned cache entry by its name;
+    ``full`` hashes them again.
+    """
+
+    RECORDED = "recorded"
+    FULL = "full"
+
+
 @dataclass(frozen=True, slots=True)
 class FetchOptions:
     """Everything that shapes one fetch besides the URL and the cache.
@@ -125,6 +138,7 @@ class FetchOptions:
     headers: HostHeaders = field(default_factory=HostHeaders)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progress: bool | None = None
+    verify: Verification = Verification.RECORDED
 
     def candidates(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from: its mirrors in order, then itself."""
@@ -140,6 +154,7 @@ def resolve_options(
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
     progress: bool | None = None,
+    verify: Verification | str = Verification.RECORDED,
 ) -> FetchOptions:
     """Merge the keyword arguments with the environment into :class:`FetchOptions`.
 
@@ -156,6 +171,8 @@ def resolve_options(
         The retry policy; ``None`` uses the documented defaults.
     progress
         Progress bar on stderr; ``None`` shows it when stderr is a terminal.
+    verify
+        ``"recorded"`` or ``"full"``; see :class:`Verification`.
 
     Returns
     -------
@@ -178,7 +195,17 @@ def resolve_options(
         headers=_host_headers(headers),
         retry=retry if retry is not None else RetryPolicy(),
         progress=progress,
+        verify=_verification(verify),
     )
+
+
+def _verification(value: Verification | str) -> Verification:
+    try:
+        return Verification(value)
+    except ValueError as err:
+        choices = ", ".join(repr(v.value) for v in Verification)
+        message = f"verify must be one of {choices}, not {value!r}."
+        raise ConfigError(message) from err
 
 
 def _offline(offline: bool | None) -> bool:
