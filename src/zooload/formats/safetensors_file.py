@@ -62,16 +62,18 @@ def read(
     try:
         tensors = _mapped_tensors(path)
     except _READ_ERRORS as err:
-        seen = f"a damaged safetensors file ({err})"
-        raise FormatError(
-            str(path), "a readable safetensors file", seen, _HINT
-        ) from err
+        raise _damaged(path, err) from err
     if device.type != "cpu":
         # One tensor at a time: the device never waits for a whole second
         # copy to be staged on the host.
         for name in list(tensors):
             tensors[name] = tensors[name].to(device)
     return tensors
+
+
+def _damaged(path: Path, err: Exception) -> FormatError:
+    seen = f"a damaged safetensors file ({err})"
+    return FormatError(str(path), "a readable safetensors file", seen, _HINT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +167,7 @@ def _header_tensors(path: Path) -> StateDict:
                 for name, piece in slices.items()
             }
     except _READ_ERRORS as err:
-        seen = f"a damaged safetensors file ({err})"
-        raise FormatError(
-            str(path), "a readable safetensors file", seen, _HINT
-        ) from err
+        raise _damaged(path, err) from err
 
 
 def tensor_names(path: Path) -> list[str]:
@@ -193,10 +192,7 @@ def tensor_names(path: Path) -> list[str]:
         with safe_open(path, framework="pt") as handle:
             return list(handle.keys())
     except _READ_ERRORS as err:
-        seen = f"a damaged safetensors file ({err})"
-        raise FormatError(
-            str(path), "a readable safetensors file", seen, _HINT
-        ) from err
+        raise _damaged(path, err) from err
 
 
 def header_metadata(path: Path) -> Mapping[str, str]:
@@ -205,10 +201,7 @@ def header_metadata(path: Path) -> Mapping[str, str]:
         with safe_open(path, framework="pt") as handle:
             return dict(handle.metadata() or {})
     except _READ_ERRORS as err:
-        seen = f"a damaged safetensors file ({err})"
-        raise FormatError(
-            str(path), "a readable safetensors file", seen, _HINT
-        ) from err
+        raise _damaged(path, err) from err
 
 
 def write_aligned(
