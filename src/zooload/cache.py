@@ -5,6 +5,7 @@ Layout under the cache root (see ``docs/CACHE.md``)::
     blobs/<sha256>          downloaded bytes, immutable once published
     trees/<sha256>/         the extracted archive of that blob, whole or absent
     refs/<sha256 of url>.json   url -> blob hash, ETag, Last-Modified, size
+    verified/<sha256 of path>.json  a local file's digest, size and mtime
     partial/                downloads and extractions in progress
     locks/                  one lock file per URL or blob
 
@@ -46,7 +47,7 @@ CACHE_ENV = "ZOOLOAD_CACHE"
 LOCK_TIMEOUT_SECONDS = 3600.0
 ABANDONED_AFTER_SECONDS = 86400.0
 RELEASED = "released"
-_SUBFOLDERS = ("blobs", "trees", "refs", "partial", "locks")
+_SUBFOLDERS = ("blobs", "trees", "refs", "partial", "locks", "verified")
 # The host part of partial names: short, and free of the dashes that
 # separate the name's fields.
 _HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -280,6 +281,37 @@ class Cache:
             self.tree_path(sha256).rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
         self.blob_path(sha256).unlink(missing_ok=True)
+
+    def recorded_digest(self, path: Path) -> str | None:
+        """The digest recorded for a local file whose size and mtime still match.
+
+        A file rewritten in place changes its modification time (kept in
+        nanoseconds), so a match means the bytes hashed earlier are still
+        there; ``verify="full"`` skips this shortcut.
+        """
+        try:
+            status = path.stat()
+            record = json.loads(self._verified_path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        current = [str(path.resolve()), status.st_size, status.st_mtime_ns]
+        if not isinstance(record, dict) or record.get("file") != current:
+            return None
+        digest = record.get("sha256")
+        return digest if isinstance(digest, str) else None
+
+    def record_digest(self, path: Path, sha256: str, size: int, mtime_ns: int) -> None:
+        """Remember that ``path``, at this size and mtime, hashed to ``sha256``."""
+        # A read-only cache still works; it only hashes local files each time.
+        with contextlib.suppress(OSError):
+            partial = self.new_partial_path("verified")
+            document = {"file": [str(path.resolve()), size, mtime_ns], "sha256": sha256}
+            partial.write_text(json.dumps(document))
+            partial.replace(self._verified_path(path))
+
+    def _verified_path(self, path: Path) -> Path:
+        name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+        return self.root / "verified" / f"{name}.json"
 
     def _record_path(self, url: str) -> Path:
         name = hashlib.sha256(url.encode()).hexdigest()

@@ -27,13 +27,14 @@ from zooload.errors import (
     HashMismatchError,
     NotCachedError,
 )
-from zooload.hashing import file_digest, normalize_digest
+from zooload.hashing import file_digest, normalize_digest, verify_file
 from zooload.partials import PartialDownload
 from zooload.retries import with_retries
 from zooload.settings import (
     OFFLINE_ENV,
     REQUIRE_HASH_ENV,
     FetchOptions,
+    Verification,
     resolve_options,
 )
 from zooload.sources import TRANSPORTS, Transfer, Transport
@@ -170,12 +171,14 @@ def fetch_blob(
     ...     blob.sha256[:8], blob.in_cache
     ('ba7816bf', False)
     """
-    if location.is_local:
-        return _read_local(location)
     options = options or resolve_options(progress=progress)
+    if location.is_local:
+        return _read_local(location, cache, options.verify)
     _check_pin_policy(location, options)
     if location.sha256 and cache.has_blob(location.sha256):
         logger.debug("cache hit for pinned %s", location.url)
+        if options.verify is Verification.FULL:
+            _recheck_blob(cache, location.sha256)
         return _cached_blob(location, cache, location.sha256)
     if options.offline:
         return _offline_blob(location, cache)
@@ -197,9 +200,7 @@ def _check_pin_policy(location: Location, options: FetchOptions) -> None:
         raise ConfigError(message)
 
 
-def _read_local(location: Location) -> Blob:
-    # Local files are hashed on every call; nothing records an earlier
-    # verification yet (KL-004).
+def _read_local(location: Location, cache: Cache, verify: Verification) -> Blob:
     path = _local_path(location)
     if path.is_dir():
         if location.sha256:
@@ -209,10 +210,36 @@ def _read_local(location: Location) -> Blob:
     if not path.is_file():
         message = f"{path} does not exist; check the path."
         raise DownloadError(message, location.url)
-    digest = file_digest(path)
+    digest = _local_digest(path, cache, verify)
     if location.sha256 and digest != location.sha256:
         raise HashMismatchError(str(path), location.sha256, digest)
     return Blob(path=path, sha256=digest, url=location.url, in_cache=False)
+
+
+def _local_digest(path: Path, cache: Cache, verify: Verification) -> str:
+    """The file's digest: recorded, if size and mtime are unchanged, or hashed."""
+    if verify is Verification.RECORDED:
+        recorded = cache.recorded_digest(path)
+        if recorded is not None:
+            logger.debug("%s unchanged since it was hashed; not hashing again", path)
+            return recorded
+    # The status is taken before hashing: a write during the hashing then
+    # leaves a record that no longer matches, never a stale one that does.
+    status = path.stat()
+    digest = file_digest(path)
+    cache.record_digest(path, digest, status.st_size, status.st_mtime_ns)
+    return digest
+
+
+def _recheck_blob(cache: Cache, sha256: str) -> None:
+    """Hash a cached blob again; remove it if its bytes changed on disk."""
+    path = cache.blob_path(sha256)
+    hint = "The cached copy was damaged and has been removed; load again."
+    try:
+        verify_file(path, sha256, hint=hint)
+    except HashMismatchError:
+        cache.evict(sha256)
+        raise
 
 
 def _local_path(location: Location) -> Path:

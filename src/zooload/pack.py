@@ -4,6 +4,13 @@ The archive holds ``weights.safetensors``, an optional ``examples.safetensors``
 (inputs and the outputs the model gives on them) and ``zooload.json`` naming
 both with their sha256. Everything is written to a temporary name beside the
 destination and renamed into place, so a failed pack leaves no half archive.
+
+The layout is chosen for loading speed (see "Archives that load fast" in
+``docs/CACHE.md``): tensor data is 64-byte aligned in the safetensors files,
+and a ``.zip`` stores the weights uncompressed (they barely compress, and
+inflating them is the slowest step of a load) while it deflates the small
+files. A ``.tar`` is not compressed at all; a ``.tar.gz`` is, because its
+name says so.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from zooload.architectures import (
@@ -30,6 +36,7 @@ from zooload.architectures import (
 )
 from zooload.conversion import storable
 from zooload.errors import ConfigError
+from zooload.formats.safetensors_file import write_aligned
 from zooload.hashing import file_digest
 from zooload.loading import load_into
 from zooload.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
@@ -61,8 +68,10 @@ def pack(
         A module, or a state dict (keys as the checkpoint has them; ``rename``
         maps them onto the architecture at load time).
     dest
-        ``*.tar.gz``/``*.tgz`` or ``*.zip`` for an archive, any other path
-        for a folder.
+        ``*.zip`` (weights stored, other files deflated), ``*.tar``, or
+        ``*.tar.gz``/``*.tgz`` for an archive, any other path for a folder.
+        A ``.zip`` or ``.tar`` loads fastest; gzip decompresses at a fraction
+        of disk speed and saves little on weights.
     arch
         The registered architecture name to record in the manifest.
     arch_kwargs
@@ -111,7 +120,7 @@ def pack(
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pack-") as staging:
         folder = Path(staging, "content")
         folder.mkdir()
-        save_file(storable(state_dict), folder / WEIGHTS_NAME)
+        write_aligned(storable(state_dict), folder / WEIGHTS_NAME)
         document = _manifest(name or arch, arch, kwargs, rules, metadata, folder)
         if example_inputs is not None:
             model = _model_for_examples(model_or_state_dict, arch, kwargs, rules)
@@ -184,7 +193,7 @@ def _write_examples(model: nn.Module, inputs: Inputs, folder: Path) -> dict[str,
     outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result)
     tensors = {f"input.{i}": t for i, t in enumerate(given)}
     tensors |= {f"output.{i}": t for i, t in enumerate(outputs)}
-    save_file(storable(tensors), folder / EXAMPLES_NAME)
+    write_aligned(storable(tensors), folder / EXAMPLES_NAME)
     return {
         "path": EXAMPLES_NAME,
         "sha256": file_digest(folder / EXAMPLES_NAME),
@@ -222,18 +231,32 @@ def _archive_suffix(target: Path) -> str:
 
 def _write_tar_gz(folder: Path, archive: Path) -> None:
     with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
+        _add_to_tar(tar, folder)
+
+
+def _write_tar(folder: Path, archive: Path) -> None:
+    with tarfile.open(archive, "w") as tar:
+        _add_to_tar(tar, folder)
+
+
+def _add_to_tar(tar: tarfile.TarFile, folder: Path) -> None:
+    for path in sorted(folder.iterdir()):
+        tar.add(path, arcname=path.name)
 
 
 def _write_zip(folder: Path, archive: Path) -> None:
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
         for path in sorted(folder.iterdir()):
-            zipped.write(path, arcname=path.name)
+            # Weights are stored: fp32 data deflates by a few percent only,
+            # and inflating it would be the slowest step of every load.
+            stored = path.name == WEIGHTS_NAME
+            method = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+            zipped.write(path, arcname=path.name, compress_type=method)
 
 
 _WRITERS: dict[str, Callable[[Path, Path], None]] = {
     ".tar.gz": _write_tar_gz,
     ".tgz": _write_tar_gz,
+    ".tar": _write_tar,
     ".zip": _write_zip,
 }

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,7 @@ from zooload.hashing import CHUNK_BYTES
 logger = logging.getLogger(__name__)
 
 META_SUFFIX = ".json"
+MAX_PENDING_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +46,44 @@ class PartialMeta:
 class ChunkSink:
     """Writes arriving chunks to a partial file and hashes them, in order.
 
-    The transfer loops only call :meth:`write` and :meth:`finish`, so the
-    hashing and writing can later move to a thread of their own without
-    touching them.
+    The receiving thread only queues chunks; a writer thread of the sink's
+    own takes everything queued so far as one block, writes it and hashes
+    it. hashlib and file writes release the GIL on large buffers, so the two
+    threads overlap, and the blocks grow while the disk or the digest is the
+    slower side. Whatever has arrived reaches the file as soon as the writer
+    is free, so an interrupted transfer leaves it to resume. At most
+    :data:`MAX_PENDING_BYTES` wait in memory; beyond that the receiver waits.
     """
 
     def __init__(self, stream: BinaryIO, digest: hashlib._Hash, size: int) -> None:
         self._stream = stream
         self._digest = digest
         self.size = size
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._closing = False
+        self._failure: OSError | None = None
+        self._ready = threading.Condition()
+        self._writer = threading.Thread(
+            target=self._write_blocks, name="zooload-sink", daemon=True
+        )
+        self._writer.start()
 
     def write(self, chunk: bytes) -> None:
-        """Append ``chunk`` to the file and to the digest."""
-        self._stream.write(chunk)
-        self._digest.update(chunk)
+        """Take ``chunk``; it reaches the file and the digest in order."""
+        self._raise_failure()
+        with self._ready:
+            while self._pending_bytes >= MAX_PENDING_BYTES:
+                self._ready.wait()
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            self._ready.notify_all()
         self.size += len(chunk)
 
     def finish(self) -> str:
         """Flush the bytes to disk, close the file, return the hex digest."""
+        self._stop_writer()
+        self._raise_failure()
         # Flushed to disk before the file is renamed into the cache, so that
         # a crash cannot leave a published blob with missing bytes; the cost
         # is measured in docs/CACHE.md.
@@ -69,6 +91,40 @@ class ChunkSink:
         os.fsync(self._stream.fileno())
         self._stream.close()
         return self._digest.hexdigest()
+
+    def _next_block(self) -> bytes | None:
+        """Everything queued so far as one block; ``None`` once closed and empty."""
+        with self._ready:
+            while not self._pending and not self._closing:
+                self._ready.wait()
+            chunks, self._pending, self._pending_bytes = self._pending, [], 0
+            self._ready.notify_all()
+        if not chunks:
+            return None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _write_blocks(self) -> None:
+        while (block := self._next_block()) is not None:
+            if self._failure is not None:
+                # Keep taking blocks, so that the receiver never waits on a
+                # full queue; it raises the failure at its next write.
+                continue
+            try:
+                self._stream.write(block)
+            except OSError as err:
+                self._failure = err
+            else:
+                self._digest.update(block)
+
+    def _stop_writer(self) -> None:
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
+        self._writer.join()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     def __enter__(self) -> ChunkSink:
         return self
@@ -79,7 +135,8 @@ class ChunkSink:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        # Bytes written so far stay in the file, to be resumed.
+        # Bytes received so far reach the file, to be resumed.
+        self._stop_writer()
         self._stream.close()
 
 

@@ -83,6 +83,7 @@ def fetch(
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
     limits: ExtractionLimits | None = None,
+    verify: str = "recorded",
 ) -> Path:
     """Download, verify and unpack ``url``; return the local file or folder.
 
@@ -118,6 +119,10 @@ def fetch(
     limits
         Bounds on what an archive may extract (members, bytes, compression
         ratio); ``None`` uses the defaults of :class:`ExtractionLimits`.
+    verify
+        ``"recorded"`` (the default) trusts a local file whose size and
+        modification time match the record of its last hashing, and a
+        pinned cache entry by its name; ``"full"`` hashes them again.
 
     Returns
     -------
@@ -152,6 +157,7 @@ def fetch(
         retry=retry,
         limits=limits,
         progress=progress,
+        verify=verify,
     )
     return _fetch(url, sha256, cache_dir, options, extract=extract).root
 
@@ -261,6 +267,7 @@ def load_state_dict(
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
     limits: ExtractionLimits | None = None,
+    verify: str = "recorded",
 ) -> StateDict:
     """Read the weights of any checkpoint, local or remote, as a state dict.
 
@@ -285,7 +292,7 @@ def load_state_dict(
         Names of the extra globals a pickle may build (``"mypkg.Config"``),
         as an :class:`~zooload.UnsafeCheckpointError` lists them; the
         narrow alternative to ``trust_pickle``.
-    sha256, cache_dir, progress, offline, mirrors, headers, retry, limits
+    sha256, cache_dir, progress, offline, mirrors, headers, retry, limits, verify
         As for :func:`fetch`.
 
     Returns
@@ -319,6 +326,7 @@ def load_state_dict(
         retry=retry,
         limits=limits,
         progress=progress,
+        verify=verify,
     )
     fetched = _fetch(source, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):
@@ -351,6 +359,7 @@ def load_url(
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
     limits: ExtractionLimits | None = None,
+    verify: str = "recorded",
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Turn a URL into a ready model: fetch, verify, unpack, build, load, check.
@@ -392,7 +401,7 @@ def load_url(
         Import the architecture from a Python file the archive ships, when
         its manifest names one (``architecture.code``); that runs the file.
         Off by default: nothing from an archive runs unless asked for.
-    offline, mirrors, headers, retry, limits
+    offline, mirrors, headers, retry, limits, verify
         How the bytes are fetched and unpacked; see :func:`fetch`.
     **arch_kwargs
         Keyword arguments for the architecture, over the manifest's.
@@ -442,6 +451,7 @@ def load_url(
         headers=headers,
         retry=retry,
         limits=limits,
+        verify=verify,
         **arch_kwargs,
     )
     return result.model
@@ -467,6 +477,7 @@ def load(
     headers: HeadersArgument | None = None,
     retry: RetryPolicy | None = None,
     limits: ExtractionLimits | None = None,
+    verify: str = "recorded",
     **arch_kwargs: Any,
 ) -> LoadResult:
     """Do what :func:`load_url` does, and return the model with its account.
@@ -498,6 +509,7 @@ def load(
         retry=retry,
         limits=limits,
         progress=progress,
+        verify=verify,
     )
     fetched = _fetch(url, sha256, cache_dir, settings)
     with _evicted_if_unusable(fetched):

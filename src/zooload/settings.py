@@ -11,6 +11,7 @@ error message and never shown by ``repr``.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -115,6 +116,18 @@ def _header_items(host: str, headers: object) -> tuple[tuple[str, str], ...]:
     return tuple(items)
 
 
+class Verification(str, enum.Enum):
+    """How bytes that were verified before are checked again.
+
+    ``recorded`` trusts a local file whose size and modification time match
+    the record of its last hashing, and a pinned cache entry by its name;
+    ``full`` hashes them again.
+    """
+
+    RECORDED = "recorded"
+    FULL = "full"
+
+
 @dataclass(frozen=True, slots=True)
 class FetchOptions:
     """Everything that shapes one fetch besides the URL and the cache.
@@ -129,6 +142,7 @@ class FetchOptions:
     progress: bool | None = None
     require_hash: bool = False
     limits: ExtractionLimits = field(default_factory=ExtractionLimits)
+    verify: Verification = Verification.RECORDED
 
     def candidates(self, url: str) -> tuple[str, ...]:
         """Where to fetch ``url`` from: its mirrors in order, then itself."""
@@ -145,6 +159,7 @@ def resolve_options(
     retry: RetryPolicy | None = None,
     progress: bool | None = None,
     limits: ExtractionLimits | None = None,
+    verify: Verification | str = Verification.RECORDED,
 ) -> FetchOptions:
     """Merge the keyword arguments with the environment into :class:`FetchOptions`.
 
@@ -163,6 +178,8 @@ def resolve_options(
         Progress bar on stderr; ``None`` shows it when stderr is a terminal.
     limits
         Bounds on archive extraction; ``None`` uses the defaults.
+    verify
+        ``"recorded"`` or ``"full"``; see :class:`Verification`.
 
     Returns
     -------
@@ -187,7 +204,17 @@ def resolve_options(
         progress=progress,
         require_hash=_env_flag(REQUIRE_HASH_ENV),
         limits=limits if limits is not None else ExtractionLimits(),
+        verify=_verification(verify),
     )
+
+
+def _verification(value: Verification | str) -> Verification:
+    try:
+        return Verification(value)
+    except ValueError as err:
+        choices = ", ".join(repr(v.value) for v in Verification)
+        message = f"verify must be one of {choices}, not {value!r}."
+        raise ConfigError(message) from err
 
 
 def _offline(offline: bool | None) -> bool:

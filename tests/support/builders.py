@@ -27,13 +27,16 @@ def make_tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
 
 
 def cache_files(cache: Path) -> list[str]:
-    """Every file and folder in a cache, except lock files, relative to it."""
+    """Every file in a cache, except locks and records of local files' digests.
+
+    Both are bookkeeping: neither holds downloaded or extracted bytes.
+    """
     if not cache.exists():
         return []
     return sorted(
         str(path.relative_to(cache))
         for path in cache.rglob("*")
-        if "locks" not in path.parts and not path.is_dir()
+        if not {"locks", "verified"} & set(path.parts) and not path.is_dir()
     )
 
 
