@@ -184,3 +184,25 @@ def test_verify_cache_finds_a_tree_altered_after_extraction(
         zooload.fetch(url, cache_dir=cache_dir) / "weights.safetensors"
     ).stat().st_size > 6
     assert zooload.verify_cache(cache_dir=cache_dir) == ()
+
+
+def test_load_with_full_verification_rebuilds_an_altered_tree(
+    tmp_path: Path, served: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    packed = zooload.pack(
+        torch.nn.Linear(2, 1), tmp_path / "linear.tar.gz", arch="admin-linear-2"
+    )
+    data = packed.read_bytes()
+    url = served.add("linear.tar.gz", data) + f"#sha256={sha256_of(data)}"
+    cache_dir = tmp_path / "cache"
+    tree = zooload.fetch(url, cache_dir=cache_dir)
+    original = (tree / "weights.safetensors").read_bytes()
+    (tree / "weights.safetensors").write_bytes(b"edited")
+
+    assert zooload.fetch(url, cache_dir=cache_dir) == tree
+    assert (tree / "weights.safetensors").read_bytes() == b"edited"
+
+    rebuilt = zooload.fetch(url, cache_dir=cache_dir, verify="full")
+
+    assert (rebuilt / "weights.safetensors").read_bytes() == original
+    assert "was altered; extracting again" in caplog.text

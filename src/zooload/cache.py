@@ -271,7 +271,12 @@ class Cache:
         self._record_path(url).unlink(missing_ok=True)
 
     def evict(self, sha256: str) -> None:
-        """Remove a blob and its extracted tree.
+        """Remove a blob and its extracted tree."""
+        self.evict_tree(sha256)
+        self.blob_path(sha256).unlink(missing_ok=True)
+
+    def evict_tree(self, sha256: str) -> None:
+        """Remove the extracted tree of a blob; the blob stays.
 
         The tree is first renamed out of ``trees/``, so that no reader ever
         sees it half deleted.
@@ -280,7 +285,6 @@ class Cache:
         with contextlib.suppress(FileNotFoundError):
             self.tree_path(sha256).rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
-        self.blob_path(sha256).unlink(missing_ok=True)
 
     def recorded_digest(self, path: Path) -> str | None:
         """The digest recorded for a local file whose size and mtime still match.

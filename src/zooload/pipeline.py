@@ -62,6 +62,7 @@ from zooload.settings import (
     FetchOptions,
     HeadersArgument,
     MirrorsArgument,
+    Verification,
     resolve_options,
 )
 
@@ -186,15 +187,18 @@ def _fetch(
     if not extract:
         return fetched
     with _evicted_if_unusable(fetched):
-        return _Fetched(blob, cache, _unpack(blob, cache, options.limits))
+        return _Fetched(blob, cache, _unpack(blob, cache, options))
 
 
-def _unpack(blob: Blob, cache: Cache, limits: ExtractionLimits) -> Path:
+def _unpack(blob: Blob, cache: Cache, options: FetchOptions) -> Path:
     if blob.path.is_dir():
         verify_manifest_files(blob.path)
         return blob.path
     if sniff_archive(blob.path) is ArchiveKind.FILE:
         return blob.path
+    if options.verify is Verification.FULL:
+        _drop_altered_tree(blob, cache)
+    limits = options.limits
     validate = functools.partial(verify_manifest_files, source=blob.url)
     return extract_to_cache(
         blob.path,
@@ -204,6 +208,25 @@ def _unpack(blob: Blob, cache: Cache, limits: ExtractionLimits) -> Path:
         limits=limits,
         source=blob.url,
     )
+
+
+def _drop_altered_tree(blob: Blob, cache: Cache) -> None:
+    """Remove an extracted tree whose files no longer match its manifest.
+
+    The blob was verified before this runs, so the tree is rebuilt from
+    trusted bytes by the extraction that follows.
+    """
+    tree = cache.tree_path(blob.sha256)
+    if not tree.is_dir():
+        return
+    try:
+        verify_manifest_files(tree, source=blob.url)
+    except (IntegrityError, ManifestError) as err:
+        logger.warning(
+            "the extracted tree of %s was altered; extracting again: %s", blob.url, err
+        )
+        with cache.locked(blob.sha256):
+            cache.evict_tree(blob.sha256)
 
 
 @contextmanager
