@@ -239,7 +239,7 @@ def test_build_without_parameters_bad_arguments_raise() -> None:
     with pytest.raises(
         ConfigError,
         match=r"cannot build torch\.nn\.modules\.linear\.Linear with \{'size': 2\}: "
-        r".*Check the architecture's keyword arguments\.",
+        r".*Check the architecture's keyword arguments;",
     ):
         build_without_parameters(nn.Linear, {"size": 2})
 

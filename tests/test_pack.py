@@ -63,3 +63,11 @@ def test_pack_example_inputs_that_do_not_fit_forward_raise_config_error(
             example_inputs=torch.ones(3, 5),
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pack_refuses_weights_that_do_not_fit_the_named_architecture(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(zooload.IncompatibleStateDictError, match=r"missing    15"):
+        zooload.pack(torch.nn.Linear(3, 3), tmp_path / "m.zip", arch="silero-vad-16k")
+    assert list(tmp_path.iterdir()) == []

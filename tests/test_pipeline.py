@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -117,11 +119,11 @@ def test_load_url_arch_kwargs_override_the_manifest(
 ) -> None:
     weights = _weights(width=4)
     dest = zooload.pack(
-        weights,
-        tmp_path / "m.tar.gz",
-        arch="pipeline-two-layers",
-        arch_kwargs={"width": 3},
+        weights, tmp_path / "m", arch="pipeline-two-layers", arch_kwargs={"width": 4}
     )
+    manifest = json.loads((dest / MANIFEST_NAME).read_text())
+    manifest["architecture"]["kwargs"] = {"width": 3}
+    (dest / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(zooload.IncompatibleStateDictError, match=r"first\.weight"):
         zooload.load_url(dest, cache_dir=cache_dir)
     model = zooload.load_url(dest, cache_dir=cache_dir, width=4)
@@ -205,3 +207,130 @@ def test_load_url_logs_download_and_load(
     )
     assert any(m.startswith("loaded TwoLayers in ") for m in messages)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class CustomInit(torch.nn.Module):
+    """A body and a head whose __init__ sets its own values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(2, 4)
+        self.head = torch.nn.Linear(4, 2)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.constant_(self.head.bias, 3.0)
+
+
+def test_load_url_partial_load_keeps_the_architectures_own_initialisation(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    torch.manual_seed(0)
+    body = torch.nn.Linear(2, 4)
+    torch.save(
+        {f"body.{k}": v for k, v in body.state_dict().items()}, tmp_path / "b.pt"
+    )
+
+    result = zooload.load(
+        tmp_path / "b.pt", arch=CustomInit, strict=False, cache_dir=cache_dir
+    )
+
+    assert result.report is not None
+    assert result.report.missing == ("head.weight", "head.bias")
+    assert torch.equal(result.model.body.weight, body.weight)
+    assert torch.equal(result.model.head.weight, torch.zeros(2, 4))
+    assert torch.equal(result.model.head.bias, torch.full((2,), 3.0))
+
+
+def test_load_url_manifest_dtype_converts_the_example_inputs(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    weights = _weights()
+    folder = zooload.pack(
+        weights,
+        tmp_path / "half",
+        arch="pipeline-two-layers",
+        example_inputs=torch.ones(3, 2),
+    )
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["dtype"] = "float64"
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    result = zooload.load(folder, cache_dir=cache_dir)
+
+    assert result.model.first.weight.dtype == torch.float64
+    assert result.example is not None
+    assert result.example.largest_difference < 1e-6
+
+
+def test_load_url_typo_for_a_torchscript_program_is_refused(
+    silero_data: Path, cache_dir: Path
+) -> None:
+    with pytest.raises(
+        zooload.ConfigError, match=r"'sha265' \(did you mean 'sha256'\?\)"
+    ):
+        zooload.load_url(
+            silero_data / "silero_vad.jit", sha265="0" * 64, cache_dir=cache_dir
+        )
+
+
+def test_load_url_arch_must_be_a_name_class_or_factory(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    torch.save(_weights(), tmp_path / "w.pt")
+    with pytest.raises(zooload.ConfigError, match="not int 42"):
+        zooload.load_url(tmp_path / "w.pt", arch=42, cache_dir=cache_dir)
+    with pytest.raises(zooload.ConfigError, match="pass its class"):
+        zooload.load_url(tmp_path / "w.pt", arch=TwoLayers(), cache_dir=cache_dir)
+
+
+def test_load_url_names_the_url_of_a_page_that_is_no_checkpoint(
+    served: Any, cache_dir: Path
+) -> None:
+    url = served.add("model.pth", b"<!DOCTYPE html><html><body>Sign in</body></html>")
+    with pytest.raises(zooload.FormatError, match="an HTML page") as caught:
+        zooload.load_url(url, arch="pipeline-two-layers", cache_dir=cache_dir)
+    assert caught.value.path == url
+    assert str(caught.value).startswith(f"{url} is not ")
+    assert "blobs" not in str(caught.value)
+    assert not [p for p in (cache_dir / "blobs").iterdir()]
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (
+            lambda p, c: zooload.load_url(
+                p, arch="pipeline-two-layers", map_location="gpu0", cache_dir=c
+            ),
+            "is not a device",
+        ),
+        (
+            lambda p, c: zooload.load_url(
+                p, arch="pipeline-two-layers", map_location="cuda", cache_dir=c
+            ),
+            "asks for CUDA",
+        ),
+        (
+            lambda p, c: zooload.load_url(
+                "http://127.0.0.1:99999/w.pt", arch="x", cache_dir=c
+            ),
+            "invalid port",
+        ),
+        (
+            lambda p, c: zooload.pack(
+                _weights(), p.parent / "nowhere" / "m.zip", arch="pipeline-two-layers"
+            ),
+            "does not exist; create it",
+        ),
+        (
+            lambda p, c: zooload.load_into(TwoLayers(), {"first.bias": "nope"}),
+            r"'first\.bias' \(str\)",
+        ),
+    ],
+    ids=["bad-device", "no-cuda", "bad-port", "pack-no-folder", "not-tensors"],
+)
+def test_load_url_bad_arguments_get_zooload_errors(
+    call: Any, pattern: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    torch.save(_weights(), tmp_path / "w.pt")
+    with pytest.raises(zooload.ZooloadError, match=pattern):
+        call(tmp_path / "w.pt", cache_dir)

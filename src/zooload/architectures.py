@@ -111,8 +111,20 @@ def resolve_architecture(arch: str | Factory) -> Factory:
     >>> resolve_architecture("silero-vad-16k").__name__
     'SileroVad16k'
     """
+    if isinstance(arch, nn.Module):
+        message = (
+            f"arch= got a built {type(arch).__name__} module; pass its class "
+            "or a factory function, which zooload calls to build the model."
+        )
+        raise ConfigError(message)
     if callable(arch):
         return arch
+    if not isinstance(arch, str):
+        message = (
+            f"arch= must be a registered name, a class or a factory, not "
+            f"{type(arch).__name__} {arch!r}."
+        )
+        raise ConfigError(message)
     registered = _registry.get(arch)
     if registered is not None:
         return registered
@@ -199,7 +211,9 @@ def build_without_parameters(factory: Factory, kwargs: dict[str, Any]) -> nn.Mod
         except TypeError as err:
             message = (
                 f"cannot build {_qualified_name(factory)} with {kwargs}: {err}. "
-                "Check the architecture's keyword arguments."
+                "Check the architecture's keyword arguments; keywords that "
+                "load_url does not know go to the architecture, so a misspelt "
+                "option (strcit=, sha265=) ends up here."
             )
             raise ConfigError(message) from err
     if not isinstance(module, nn.Module):

@@ -85,9 +85,26 @@ def check_examples(
     tensors = safetensors_file.read(examples_path, map_location="cpu")
     inputs = _pick(tensors, spec.inputs, "examples.inputs")
     expected = _pick(tensors, spec.outputs, "examples.outputs")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        produced = _as_tuple(model(*(tensor.to(device) for tensor in inputs)))
+    reference = next(iter(model.parameters()), torch.empty(0))
+    # Floating inputs follow the model's dtype, so that a manifest "dtype"
+    # (fp16, bf16) converts the examples along with the weights.
+    moved = [
+        t.to(reference.device, reference.dtype)
+        if t.is_floating_point() and reference.is_floating_point()
+        else t.to(reference.device)
+        for t in inputs
+    ]
+    try:
+        with torch.no_grad():
+            output = model(*moved)
+    except (RuntimeError, TypeError, ValueError, IndexError) as err:
+        message = (
+            f"the model cannot run on the example inputs of the manifest: {err}. "
+            "The examples do not fit this architecture; check arch= and its "
+            "arguments, or load with check=False."
+        )
+        raise ManifestError(message, field="examples.inputs") from err
+    produced = _as_tuple(output)
     if len(produced) != len(expected):
         message = (
             f"the model returned {len(produced)} outputs, the manifest expects "

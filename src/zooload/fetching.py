@@ -102,7 +102,13 @@ def parse_location(url: str | os.PathLike[str], sha256: str | None = None) -> Lo
     """
     text = os.fspath(url)
     base, _, fragment = text.partition("#")
-    scheme = urlsplit(base).scheme.lower()
+    parts = urlsplit(base)
+    scheme = parts.scheme.lower()
+    try:
+        parts.port  # noqa: B018 -- urlsplit checks the port only when asked
+    except ValueError as err:
+        message = f"{base} has an invalid port ({err}); fix the URL."
+        raise ConfigError(message) from err
     if _WINDOWS_DRIVE.match(scheme):
         scheme = ""
     if scheme not in TRANSPORTS and scheme not in {"", "file"}:

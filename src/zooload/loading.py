@@ -163,6 +163,7 @@ def load_into(
     (True, "stripped 'module.'", [[1.0, 1.0]])
     """
     policy = _policy(on_shape_mismatch)
+    _check_tensors(state_dict)
     targets = model.state_dict(keep_vars=True)
     keep = name_filter(include, exclude)
     mapped = _map_names(state_dict, rename, strip_prefix, targets, keep)
@@ -178,6 +179,21 @@ def load_into(
         logger.warning("partial load into %s:\n%s", type(model).__name__, report)
     logger.debug("loaded %d tensors into %s", len(report.loaded), type(model).__name__)
     return report
+
+
+def _check_tensors(state_dict: Mapping[str, torch.Tensor]) -> None:
+    not_tensors = [
+        f"{name!r} ({type(value).__name__})"
+        for name, value in state_dict.items()
+        if not isinstance(value, torch.Tensor)
+    ]
+    if not_tensors:
+        message = (
+            f"a state dict maps names to tensors, but these are not tensors: "
+            f"{', '.join(not_tensors[:10])}. Pass only the weights (for a "
+            "training checkpoint, zooload.load_state_dict unwraps them)."
+        )
+        raise StateDictError(message)
 
 
 def _policy(value: ShapeMismatchPolicy | str) -> ShapeMismatchPolicy:

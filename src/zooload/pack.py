@@ -35,7 +35,7 @@ from zooload.architectures import (
     resolve_architecture,
 )
 from zooload.conversion import storable
-from zooload.errors import ConfigError
+from zooload.errors import ConfigError, UnknownArchitectureError
 from zooload.formats.safetensors_file import write_aligned
 from zooload.hashing import file_digest
 from zooload.loading import load_into
@@ -114,9 +114,13 @@ def pack(
     if target.exists():
         message = f"{target} exists already; remove it or choose another name."
         raise ConfigError(message)
+    if not target.parent.is_dir():
+        message = f"the folder {target.parent} does not exist; create it first."
+        raise ConfigError(message)
     kwargs = dict(arch_kwargs or {})
     rules = [(str(getattr(p, "pattern", p)), r) for p, r in rename or ()]
     state_dict = _state_dict_of(model_or_state_dict)
+    _check_fit(state_dict, arch, kwargs, rules)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pack-") as staging:
         folder = Path(staging, "content")
         folder.mkdir()
@@ -158,6 +162,30 @@ def _manifest(
         "rename": [{"pattern": p, "replacement": r} for p, r in rules],
         "metadata": dict(metadata or {}),
     }
+
+
+def _check_fit(
+    state_dict: Mapping[str, torch.Tensor],
+    arch: str,
+    kwargs: dict[str, Any],
+    rules: list[tuple[str, str]],
+) -> None:
+    """Refuse to pack weights that the named architecture would not load.
+
+    An architecture that is not registered here cannot be checked (it may
+    live in a package the loading side installs); that is logged.
+    """
+    try:
+        factory: Factory = resolve_architecture(arch)
+    except UnknownArchitectureError:
+        logger.warning(
+            "architecture %r is not registered here, so pack cannot check that "
+            "the weights fit it; register it before packing to check",
+            arch,
+        )
+        return
+    probe = build_without_parameters(factory, kwargs)
+    load_into(probe, state_dict, rename=rules)
 
 
 def _model_for_examples(

@@ -9,7 +9,9 @@ fetch (:mod:`zooload.fetching`), unpack (:mod:`zooload.archive`), describe
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import logging
 import os
 import time
@@ -240,10 +242,25 @@ def _evicted_if_unusable(fetched: _Fetched) -> Iterator[None]:
     """
     try:
         yield
-    except _UNUSABLE:
-        if fetched.blob.in_cache:
-            fetched.cache.forget(fetched.blob.url, fetched.blob.sha256)
+    except _UNUSABLE as err:
+        if not fetched.blob.in_cache:
+            raise
+        fetched.cache.forget(fetched.blob.url, fetched.blob.sha256)
+        if isinstance(err, FormatError):
+            raise _named_by_url(err, fetched) from err
         raise
+
+
+def _named_by_url(err: FormatError, fetched: _Fetched) -> FormatError:
+    """The same error, naming the URL rather than the evicted cache path."""
+    path, *rest = err._arguments
+    where = Path(path)
+    if not where.is_relative_to(fetched.cache.root):
+        return FormatError(path, *rest)
+    inside = ""
+    if where != fetched.root and where.is_relative_to(fetched.root):
+        inside = f" ({where.relative_to(fetched.root)})"
+    return FormatError(fetched.blob.url + inside, *rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +541,7 @@ def load(
     ...     result.report.loaded
     ('weight', 'bias')
     """
+    map_location = _device(map_location)
     clock = _StageClock()
     settings = resolve_options(
         offline=offline,
@@ -538,9 +556,10 @@ def load(
     with _evicted_if_unusable(fetched):
         description = describe(fetched.root)
     clock.lap("fetch")
-    factory, kwargs = _architecture(
-        description, arch, arch_kwargs, trust_code=trust_code
-    )
+    with _evicted_if_unusable(fetched):
+        factory, kwargs = _architecture(
+            description, arch, arch_kwargs, trust_code=trust_code
+        )
     report: LoadReport | None = None
     if factory is None:
         model: nn.Module = load_program(
@@ -553,7 +572,12 @@ def load(
         trust = PickleTrust(trust_pickle, tuple(allow_globals))
         options = _WeightOptions(strict, key, trust, on_shape_mismatch)
         with _evicted_if_unusable(fetched):
-            report = _load_weights(model, description, options)
+            tensors = _read_weights(description.weights, key=key, trust=trust)
+        report = _load_weights(model, tensors, description, options)
+        if report.missing or report.mismatched:
+            model, report = _load_partially(
+                factory, kwargs, tensors, description, options
+            )
         model = model.to(map_location).eval()
         clock.lap("load")
     example = _check(model, description, check=check)
@@ -599,6 +623,8 @@ def _architecture(
         return resolve_architecture(spec.name), {**spec.kwargs, **arch_kwargs}
     weights = description.weights
     if len(weights) == 1 and sniff_format(weights[0]) is CheckpointFormat.TORCHSCRIPT:
+        if arch_kwargs:
+            raise _unknown_options(arch_kwargs, weights[0].name)
         return None, {}
     message = (
         f"{weights[0].name} holds weights but does not say which architecture "
@@ -606,6 +632,37 @@ def _architecture(
         "or load an archive whose zooload.json names it."
     )
     raise ConfigError(message)
+
+
+def _device(map_location: str | torch.device) -> torch.device:
+    """``map_location`` as a device this torch build can use, or ConfigError."""
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        message = f"map_location={map_location!r} is not a device: {err}."
+        raise ConfigError(message) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        message = (
+            f"map_location={map_location!r} asks for CUDA, which this torch "
+            "build or machine does not have; use map_location='cpu'."
+        )
+        raise ConfigError(message)
+    return device
+
+
+def _unknown_options(arch_kwargs: dict[str, Any], source: str) -> ConfigError:
+    """Keywords left for an architecture that takes none: likely typos."""
+    known = list(inspect.signature(load).parameters)
+    hints = []
+    for name in arch_kwargs:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    message = (
+        f"{source} is a TorchScript program, which takes no architecture "
+        f"arguments, and these are not options of load_url: {', '.join(hints)}. "
+        "Fix the spelling, or drop them."
+    )
+    return ConfigError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,13 +675,39 @@ class _WeightOptions:
     on_shape_mismatch: ShapeMismatchPolicy | str
 
 
+def _load_partially(
+    factory: Factory,
+    kwargs: dict[str, Any],
+    tensors: StateDict,
+    description: Description,
+    options: _WeightOptions,
+) -> tuple[nn.Module, LoadReport]:
+    """Build the architecture for real, then load what fits into it.
+
+    A partial load keeps the tensors the checkpoint does not provide as the
+    architecture initialises them, custom initialisation included, as a
+    plain ``load_state_dict(strict=False)`` into ``factory()`` would. The
+    meta-device build cannot know that initialisation, so when the first
+    load leaves tensors unloaded, the model is built again, allocated.
+    """
+    logger.debug("partial load: building %s with its own initialisation", factory)
+    try:
+        model = factory(**kwargs)
+    except TypeError as err:
+        message = f"cannot build the architecture with {kwargs}: {err}."
+        raise ConfigError(message) from err
+    return model, _load_weights(model, tensors, description, options)
+
+
 def _load_weights(
-    model: nn.Module, description: Description, options: _WeightOptions
+    model: nn.Module,
+    tensors: StateDict,
+    description: Description,
+    options: _WeightOptions,
 ) -> LoadReport:
     manifest = description.manifest
     if manifest and manifest.dtype:
         model.to(getattr(torch, manifest.dtype))
-    tensors = _read_weights(description.weights, key=options.key, trust=options.trust)
     rules = [(r.pattern, r.replacement) for r in manifest.rename] if manifest else []
     report = load_into(
         model,
