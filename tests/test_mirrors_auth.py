@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -382,3 +384,25 @@ def test_tls_headers_are_not_sent_after_a_downgrade_to_http(
 
     assert _auth(tls_server, "/downgrade/m.bin") == [SECRET]
     assert _auth(served.server, served.path("plain.bin")) == [None]
+
+
+def test_credentials_in_the_url_become_a_header_and_never_reach_logs_or_cache(
+    served: Any, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = served.add("private.bin", b"weights")
+    secret_url = url.replace("http://", "http://alice:s3cr3t%21@")
+    caplog.set_level(logging.DEBUG, logger="zooload")
+
+    path = zooload.fetch(secret_url, cache_dir=cache_dir)
+
+    assert path.read_bytes() == b"weights"
+    sent = served.server.requests[-1].headers["authorization"]
+    assert base64.b64decode(sent.removeprefix("Basic ")) == b"alice:s3cr3t!"
+    assert "s3cr3t" not in caplog.text
+    stored = "".join(p.read_text() for p in (cache_dir / "refs").iterdir())
+    assert "s3cr3t" not in stored
+    assert url in stored
+    missing = secret_url.replace("private.bin", "absent.bin")
+    with pytest.raises(zooload.DownloadError) as caught:
+        zooload.fetch(missing, cache_dir=cache_dir)
+    assert "s3cr3t" not in str(caught.value)

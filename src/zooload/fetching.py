@@ -11,13 +11,14 @@ fallback to a cached copy when revalidation cannot reach the server.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from zooload.cache import Cache, UrlRecord, now
@@ -178,6 +179,7 @@ def fetch_blob(
     ('ba7816bf', False)
     """
     options = options or resolve_options(progress=progress)
+    location, options = _credentials_to_header(location, options)
     if location.is_local:
         return _read_local(location, cache, options.verify)
     _check_pin_policy(location, options)
@@ -191,6 +193,25 @@ def fetch_blob(
     waiting_since = now()
     with cache.locked(location.url):
         return _download(location, cache, options, waiting_since)
+
+
+def _credentials_to_header(
+    location: Location, options: FetchOptions
+) -> tuple[Location, FetchOptions]:
+    """Move ``user:password@`` out of the URL into an Authorization header.
+
+    The URL then appears in logs, errors and cache records without the
+    secret, and the header, like any per-host header, never leaves its host.
+    """
+    parts = urlsplit(location.url)
+    if "@" not in parts.netloc or location.is_local:
+        return location, options
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    clean = urlunsplit(parts._replace(netloc=hostport))
+    headers = options.headers.with_header(clean, "Authorization", f"Basic {token}")
+    return replace(location, url=clean), replace(options, headers=headers)
 
 
 def _check_pin_policy(location: Location, options: FetchOptions) -> None:

@@ -89,6 +89,21 @@ class HostHeaders:
         hosts = tuple(host for host, _ in self.by_host)
         return f"HostHeaders(hosts={hosts!r})"
 
+    def with_header(self, url: str, name: str, value: str) -> HostHeaders:
+        """These headers plus one more for the host of ``url``.
+
+        Examples
+        --------
+        >>> HostHeaders().with_header("https://h:8080/m", "A", "b").for_url("https://h:8080/x")
+        {'A': 'b'}
+        """
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        key = f"{host}:{parts.port}" if parts.port else host
+        table = dict(self.by_host)
+        table[key] = (*table.get(key, ()), (name, value))
+        return HostHeaders(tuple(table.items()))
+
 
 def _host_key(host: object) -> str:
     if not isinstance(host, str) or not host.strip():
