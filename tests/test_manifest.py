@@ -223,7 +223,7 @@ def test_describe_folder_with_one_file(tmp_path: Path) -> None:
 
     description = describe(tmp_path)
 
-    assert description.root == tmp_path
+    assert description.root == tmp_path / "nested"
     assert description.weights == (path,)
     assert description.manifest is None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,41 @@ def test_pack_refuses_weights_that_do_not_fit_the_named_architecture(
     with pytest.raises(zooload.IncompatibleStateDictError, match=r"missing    15"):
         zooload.pack(torch.nn.Linear(3, 3), tmp_path / "m.zip", arch="silero-vad-16k")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar", ".zip"])
+def test_pack_writes_the_same_bytes_for_the_same_weights(
+    tmp_path: Path, suffix: str
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    first = zooload.pack(model, tmp_path / f"a{suffix}", arch="silero-unused-name")
+    second = zooload.pack(model, tmp_path / f"b{suffix}", arch="silero-unused-name")
+    assert first.read_bytes() == second.read_bytes()
+    loaded = zooload.load_url(
+        first,
+        arch=torch.nn.Linear,
+        in_features=2,
+        out_features=1,
+        cache_dir=tmp_path / "cache",
+    )
+    assert torch.equal(loaded.weight, model.weight)
+
+
+def test_load_url_reads_an_archive_wrapped_in_one_top_folder(tmp_path: Path) -> None:
+    folder = zooload.pack(
+        torch.nn.Linear(2, 1), tmp_path / "model", arch="wrapped-linear"
+    )
+    archive = tmp_path / "wrapped.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="model")
+    tree = zooload.fetch(archive, cache_dir=tmp_path / "cache")
+    loaded = zooload.load_url(
+        archive,
+        arch=torch.nn.Linear,
+        in_features=2,
+        out_features=1,
+        cache_dir=tmp_path / "cache",
+    )
+    assert (tree / "model" / "zooload.json").is_file()
+    assert loaded.weight.shape == (1, 2)

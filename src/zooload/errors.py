@@ -184,7 +184,7 @@ class FormatError(CheckpointError):
     """A file is not in a format zooload reads; says what it looks like."""
 
     def __init__(self, path: str, expected: str, seen: str, hint: str) -> None:
-        message = f"{path} is not {expected}: it looks like {seen}. {hint}"
+        message = f"{path} is not {expected}: it looks like {seen.rstrip('.')}. {hint}"
         super().__init__(message)
         self.path = path
         self.expected = expected

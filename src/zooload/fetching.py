@@ -239,7 +239,8 @@ def _read_local(location: Location, cache: Cache, verify: Verification) -> Blob:
         raise DownloadError(message, location.url)
     digest = _local_digest(path, cache, verify)
     if location.sha256 and digest != location.sha256:
-        raise HashMismatchError(str(path), location.sha256, digest)
+        hint = "Check that the pinned hash belongs to this file."
+        raise HashMismatchError(str(path), location.sha256, digest, hint)
     return Blob(path=path, sha256=digest, url=location.url, in_cache=False)
 
 

@@ -239,6 +239,11 @@ def _prefix_change(
         return None
     if strip_prefix == AUTO:
         return detect_prefix_change(names, list(targets))
+    if not any(name.startswith(strip_prefix) for name in names):
+        logger.debug(
+            "no checkpoint name starts with %r; nothing stripped", strip_prefix
+        )
+        return None
     return PrefixChange(strip=strip_prefix, add="")
 
 

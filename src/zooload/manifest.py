@@ -222,6 +222,7 @@ def verify_manifest_files(root: Path, *, source: str | None = None) -> None:
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     verify_manifest_files(pathlib.Path(folder))
     """
+    root = content_root(root)
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         return
@@ -278,6 +279,7 @@ def describe(root: Path) -> Description:
     """
     if root.is_file():
         return Description(root=root.parent, weights=(root,), manifest=None)
+    root = content_root(root)
     manifest_path = root / MANIFEST_NAME
     if manifest_path.is_file():
         manifest = read_manifest(manifest_path)
@@ -286,6 +288,28 @@ def describe(root: Path) -> Description:
     return Description(
         root=root, weights=(_weights_without_manifest(root),), manifest=None
     )
+
+
+def content_root(root: Path) -> Path:
+    """The folder that holds an archive's content.
+
+    Archives made with ``tar czf model.tar.gz model/`` wrap everything in
+    one top folder; when a folder holds nothing but one folder, that inner
+    folder is the content.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     inner = pathlib.Path(folder, "model")
+    ...     inner.mkdir()
+    ...     content_root(pathlib.Path(folder)) == inner
+    True
+    """
+    entries = list(root.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return root
 
 
 def _weights_without_manifest(root: Path) -> Path:
@@ -298,7 +322,7 @@ def _weights_without_manifest(root: Path) -> Path:
         return candidates[0]
     shown = candidates or files
     names = ", ".join(str(p.relative_to(root)) for p in shown[:10]) or "none"
-    kind = "checkpoint files" if candidates else "files, none a checkpoint"
+    kind = "checkpoint files" if candidates else "files, none of them a checkpoint"
     message = (
         f"{root} has no {MANIFEST_NAME} and {len(shown)} {kind} ({names}); "
         f"zooload cannot tell which holds the weights. Add a {MANIFEST_NAME} "

@@ -15,6 +15,7 @@ name says so.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from zooload.mapping import RenameRules
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "weights.safetensors"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 EXAMPLES_NAME = "examples.safetensors"
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 
@@ -258,7 +260,13 @@ def _archive_suffix(target: Path) -> str:
 
 
 def _write_tar_gz(folder: Path, archive: Path) -> None:
-    with tarfile.open(archive, "w:gz") as tar:
+    # A fixed gzip timestamp, like the fixed member metadata below, makes the
+    # same weights pack to the same bytes, so that publishers can pin them.
+    with (
+        archive.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
         _add_to_tar(tar, folder)
 
 
@@ -269,7 +277,16 @@ def _write_tar(folder: Path, archive: Path) -> None:
 
 def _add_to_tar(tar: tarfile.TarFile, folder: Path) -> None:
     for path in sorted(folder.iterdir()):
-        tar.add(path, arcname=path.name)
+        tar.add(path, arcname=path.name, filter=_reproducible)
+
+
+def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Member metadata that does not depend on who packed, or when."""
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644 if info.isfile() else 0o755
+    return info
 
 
 def _write_zip(folder: Path, archive: Path) -> None:
@@ -279,7 +296,11 @@ def _write_zip(folder: Path, archive: Path) -> None:
             # and inflating it would be the slowest step of every load.
             stored = path.name == WEIGHTS_NAME
             method = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
-            zipped.write(path, arcname=path.name, compress_type=method)
+            info = zipfile.ZipInfo(path.name, date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = method
+            with path.open("rb") as source, zipped.open(info, "w") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
 
 
 _WRITERS: dict[str, Callable[[Path, Path], None]] = {
