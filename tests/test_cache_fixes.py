@@ -235,3 +235,37 @@ def test_remove_from_cache_with_unusable_lock_raises_cache_error(
     with pytest.raises(zooload.CacheError, match=_unwritable(cache_dir)):
         zooload.remove_from_cache(url, cache_dir=cache_dir)
     assert [e.urls for e in zooload.cache_entries(cache_dir=cache_dir)] == [(url,)]
+
+
+def test_cache_changing_turns_os_errors_into_cache_errors(cache_dir: Path) -> None:
+    cache = Cache.open(cache_dir)
+    pattern = rf"cannot remove entries in the zooload cache .*{_WRITABLE_HINT}"
+
+    refused = OSError(errno.EROFS, "Read-only file system")
+    with (
+        pytest.raises(zooload.CacheError, match=pattern) as caught,
+        cache.changing("remove entries"),
+    ):
+        raise refused
+    assert "Read-only file system" in str(caught.value)
+    original = zooload.CacheError("already a cache error")
+    with (
+        pytest.raises(zooload.CacheError, match=r"^already a cache error$"),
+        cache.changing("remove entries"),
+    ):
+        raise original
+
+
+def test_cache_entries_ignore_unreadable_local_records(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    archive = _packed(tmp_path, "records")
+    zooload.fetch(archive, cache_dir=cache_dir)
+    verified = cache_dir / "verified"
+    (verified / "list.json").write_text("[]")
+    (verified / "numbers.json").write_text('{"file": [1, 2, 3], "sha256": 4}')
+    (verified / "broken.json").write_text("{")
+
+    (entry,) = zooload.cache_entries(cache_dir=cache_dir)
+
+    assert entry.urls == (str(archive.resolve()),)
