@@ -175,7 +175,14 @@ def test_verify_cache_finds_a_tree_altered_after_extraction(
 
     assert len(corrupt) == 1
     assert corrupt[0].actual == corrupt[0].entry.sha256
-    assert "sha256 mismatch for weights.safetensors" in corrupt[0].tree_problem
+    assert corrupt[0].tree_problem.startswith(
+        "weights.safetensors no longer matches the sha256 its zooload.json lists"
+    )
+    assert corrupt[0].tree_problem.endswith(
+        "the extracted copy was changed after extraction; remove_corrupt=True "
+        "removes it and the next load extracts it again from the verified blob"
+    )
+    assert "re-pack" not in corrupt[0].tree_problem
     assert not corrupt[0].removed
     removed = zooload.verify_cache(cache_dir=cache_dir, remove_corrupt=True)
     assert removed[0].removed

@@ -176,6 +176,8 @@ class Cache:
                 f"delete {lock.lock_file} and try again."
             )
             raise CacheError(message) from err
+        except OSError as err:
+            raise self.unwritable(err, "take a lock") from err
         try:
             yield
         finally:
@@ -194,8 +196,34 @@ class Cache:
             except Timeout:
                 stack.close()
                 return None
+            except OSError as err:
+                stack.close()
+                raise self.unwritable(err, "take a lock") from err
             stack.callback(lock.release)
         return stack
+
+    @contextlib.contextmanager
+    def changing(self, action: str) -> Iterator[None]:
+        """Run a block that writes to the cache; its OSError becomes CacheError.
+
+        ``action`` says what the block does, for the message ("remove
+        entries").
+        """
+        try:
+            yield
+        except CacheError:
+            raise
+        except OSError as err:
+            raise self.unwritable(err, action) from err
+
+    def unwritable(self, err: OSError, action: str) -> CacheError:
+        """The error for a cache folder that refused a write, with the fix."""
+        message = (
+            f"cannot {action} in the zooload cache {self.root}: "
+            f"{err.strerror or err}. The cache folder must be writable; point "
+            f"{CACHE_ENV} or cache_dir= at a writable folder."
+        )
+        return CacheError(message)
 
     def mark_used(self, sha256: str) -> None:
         """Record that a blob was used: its access time is its last use.
@@ -312,6 +340,17 @@ class Cache:
             document = {"file": [str(path.resolve()), size, mtime_ns], "sha256": sha256}
             partial.write_text(json.dumps(document))
             partial.replace(self._verified_path(path))
+
+    def local_digests(self) -> list[tuple[str, str]]:
+        """The ``(absolute path, sha256)`` of every local file hashed and recorded."""
+        found = []
+        for record_path in (self.root / "verified").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, TypeError, LookupError):
+                record = json.loads(record_path.read_text())
+                path, digest = record["file"][0], record["sha256"]
+                if isinstance(path, str) and isinstance(digest, str):
+                    found.append((path, digest))
+        return found
 
     def _verified_path(self, path: Path) -> Path:
         name = hashlib.sha256(str(path.resolve()).encode()).hexdigest()

@@ -3,6 +3,11 @@
 An entry is one blob (downloaded bytes, named by their sha256), its extracted
 tree if any, and the URLs whose records point at it. An entry's last use is
 its blob's access time, which every fetch that serves the blob renews.
+
+An archive loaded from a local file leaves a tree without a blob, since the
+blob would be a copy of the user's file. Such a tree is an entry too: its
+size is the tree's, its "URLs" are the local paths the cache recorded with
+that digest, and its last use is the newest access time of its files.
 Removal takes the entry's locks without waiting: an entry that another
 process is downloading, revalidating or extracting is left alone. The layout
 is described in ``docs/CACHE.md``; ``zooload cache`` is the command line
@@ -17,18 +22,32 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from zooload.cache import Cache
-from zooload.errors import CacheError, IntegrityError, ManifestError
+from zooload.errors import (
+    CacheError,
+    ConfigError,
+    HashMismatchError,
+    IntegrityError,
+    ManifestError,
+)
 from zooload.hashing import file_digest
-from zooload.manifest import verify_manifest_files
+from zooload.manifest import (
+    MANIFEST_NAME,
+    FileSpec,
+    read_manifest,
+    verify_manifest_files,
+)
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 _DIGEST = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
+_TREE_NAME = re.compile(r"^[0-9a-f]{64}$")
+_HASH_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +60,16 @@ class CacheEntry:
         The digest that names the blob.
     urls
         The URLs whose records point at the blob, sorted; empty for bytes
-        that only a pin refers to.
+        that only a pin refers to. For a tree extracted from a local
+        archive: the local paths the cache recorded with its digest.
     size
         Bytes on disk: the blob plus its extracted tree.
     last_used
-        When a fetch last served the blob, in seconds since the epoch.
+        When a fetch last served the blob, in seconds since the epoch; for
+        a tree without a blob, the newest access time of its files.
     path
-        The blob file.
+        The blob file, or the tree folder when there is no blob (an archive
+        extracted from a local file).
     """
 
     sha256: str
@@ -88,14 +110,15 @@ class CorruptBlob:
     entry
         The entry as listed by :func:`cache_entries`.
     actual
-        The digest the bytes have now.
+        The digest the bytes have now (the entry's own digest for a tree
+        without a blob, which has no bytes to hash).
     removed
         Whether :func:`verify_cache` removed it (``remove_corrupt=True``
         and no other process held it).
     tree_problem
         When the blob is intact but a file of its extracted tree no longer
-        matches the manifest: what is wrong. The tree is re-extracted from
-        the blob once removed.
+        matches the manifest: what changed. The tree is extracted again
+        from the blob (or the local archive) by the next load once removed.
     """
 
     entry: CacheEntry
@@ -134,6 +157,7 @@ def cache_entries(*, cache_dir: PathLike | None = None) -> tuple[CacheEntry, ...
     for path in (cache.root / "blobs").iterdir():
         with contextlib.suppress(FileNotFoundError):
             entries.append(_entry(cache, path, urls.get(path.name, ())))
+    entries.extend(_orphan_trees(cache))
     return tuple(sorted(entries, key=lambda entry: entry.last_used, reverse=True))
 
 
@@ -205,8 +229,9 @@ def remove_from_cache(
     Parameters
     ----------
     url_or_sha256
-        A URL as it was fetched (a ``#sha256=`` fragment is ignored), or a
-        sha256 digest (optionally prefixed ``sha256:``).
+        A URL as it was fetched (a ``#sha256=`` fragment is ignored), the
+        path of a local archive that was loaded, or a sha256 digest
+        (optionally prefixed ``sha256:``).
     cache_dir
         Cache root; defaults to ``$ZOOLOAD_CACHE`` or the user cache folder.
 
@@ -218,7 +243,11 @@ def remove_from_cache(
     Raises
     ------
     CacheError
-        When another process is using the entry; nothing is removed then.
+        When another process is using the entry (nothing is removed then),
+        or the cache folder is not writable.
+    ConfigError
+        When ``url_or_sha256`` starts with ``sha256:`` but is not followed
+        by 64 hex characters.
 
     Examples
     --------
@@ -229,13 +258,22 @@ def remove_from_cache(
     """
     cache = Cache.open(cache_dir)
     target = url_or_sha256.strip()
+    entries = cache_entries(cache_dir=cache.root)
+    url = ""
     if _DIGEST.match(target):
-        digest = target.lower().removeprefix("sha256:")
-        chosen = [e for e in cache_entries(cache_dir=cache.root) if e.sha256 == digest]
+        digest = target.lower().removeprefix(_HASH_PREFIX)
+        chosen = [e for e in entries if e.sha256 == digest]
+    elif target.lower().startswith(_HASH_PREFIX):
+        message = (
+            f"{target!r} is not a sha256 digest: a digest is 64 hex characters "
+            "(0-9, a-f), optionally after 'sha256:'. Copy it whole from "
+            "`zooload cache ls`."
+        )
+        raise ConfigError(message)
     else:
         url = target.partition("#")[0]
-        chosen = [e for e in cache_entries(cache_dir=cache.root) if url in e.urls]
-        cache.forget_url(url)
+        names = {url, _local_name(url)}
+        chosen = [e for e in entries if names.intersection(e.urls)]
     for entry in chosen:
         if not _remove(cache, entry):
             message = (
@@ -243,6 +281,10 @@ def remove_from_cache(
                 "using it. Try again when that process has finished."
             )
             raise CacheError(message)
+    # A record whose blob is gone is no entry, but it goes too.
+    with cache.changing("remove a URL record"):
+        if url:
+            cache.forget_url(url)
     return tuple(chosen)
 
 
@@ -267,7 +309,7 @@ def prune_cache(max_bytes: int, *, cache_dir: PathLike | None = None) -> PruneRe
     Raises
     ------
     CacheError
-        When the cache folder cannot be used.
+        When the cache folder cannot be used or is not writable.
 
     Examples
     --------
@@ -278,7 +320,8 @@ def prune_cache(max_bytes: int, *, cache_dir: PathLike | None = None) -> PruneRe
     """
     cache = Cache.open(cache_dir)
     before = cache_size(cache_dir=cache.root)
-    _drop_leftovers(cache)
+    with cache.changing("remove abandoned downloads"):
+        _drop_leftovers(cache)
     estimate = cache_size(cache_dir=cache.root)
     removed, skipped = [], []
     for entry in reversed(cache_entries(cache_dir=cache.root)):
@@ -300,7 +343,9 @@ def verify_cache(
     """Hash every blob and extracted tree; report what no longer matches.
 
     A blob must hash to its name; an extracted archive's files must match
-    the sha256 its manifest lists (a tree edited after extraction).
+    the sha256 its manifest lists (a tree edited after extraction), trees
+    of local archives included. Without ``remove_corrupt`` nothing is
+    written, so a read-only cache can be checked.
 
     Parameters
     ----------
@@ -330,27 +375,80 @@ def verify_cache(
     cache = Cache.open(cache_dir)
     corrupt = []
     for entry in cache_entries(cache_dir=cache.root):
-        actual = _digest_keeping_last_use(entry)
+        has_blob = _has_blob(entry)
+        actual = _digest_keeping_last_use(entry) if has_blob else entry.sha256
         if actual != entry.sha256:
             removed = remove_corrupt and _remove(cache, entry)
             corrupt.append(CorruptBlob(entry, actual, removed))
             continue
-        problem = _tree_problem(cache.tree_path(entry.sha256))
+        origin = "the verified blob" if has_blob else "the local archive"
+        problem = _tree_problem(cache.tree_path(entry.sha256), origin=origin)
         if problem:
             removed = remove_corrupt and _remove_tree(cache, entry)
             corrupt.append(CorruptBlob(entry, actual, removed, problem))
     return tuple(corrupt)
 
 
-def _tree_problem(tree: Path) -> str:
-    """What is wrong with an extracted tree, or ``""`` when it matches."""
+def _tree_problem(tree: Path, *, origin: str) -> str:
+    """What changed in an extracted tree, or ``""`` when it matches.
+
+    A tree is published only after its files matched the manifest, so a
+    mismatch now means the extracted copy was changed in the cache.
+    """
     if not tree.is_dir():
         return ""
     try:
-        verify_manifest_files(tree)
+        with _keeping_access_times(tree):
+            verify_manifest_files(tree)
     except (IntegrityError, ManifestError) as err:
-        return str(err)
+        return (
+            f"{_what_changed(tree, err)}: the extracted copy was changed after "
+            "extraction; remove_corrupt=True removes it and the next load "
+            f"extracts it again from {origin}"
+        )
     return ""
+
+
+def _what_changed(tree: Path, err: IntegrityError | ManifestError) -> str:
+    """Name the file of ``tree`` that no longer matches, from the error's facts."""
+    if isinstance(err, HashMismatchError):
+        name = _listed_name(tree, lambda spec: spec.sha256 == err.expected)
+        return (
+            f"{name} no longer matches the sha256 its {MANIFEST_NAME} lists "
+            f"(expected {err.expected}, now {err.actual})"
+        )
+    if isinstance(err, ManifestError) and err.field.endswith(".path"):
+        name = _listed_name(tree, lambda spec: not (tree / spec.path).is_file())
+        return f"{name}, which its {MANIFEST_NAME} lists, is gone"
+    return f"its {MANIFEST_NAME} is no longer valid ({err})"
+
+
+def _listed_name(tree: Path, matches: Callable[[FileSpec], bool]) -> str:
+    """The first file the tree's manifest lists that ``matches``, or a stand-in."""
+    with contextlib.suppress(ManifestError, OSError):
+        for spec in read_manifest(tree / MANIFEST_NAME).files():
+            if matches(spec):
+                return spec.path
+    return "a file"
+
+
+@contextlib.contextmanager
+def _keeping_access_times(folder: Path) -> Iterator[None]:
+    """Restore the access times of a folder's files, its last use, after a read.
+
+    Restoring is best effort: a read-only cache keeps the new times.
+    """
+    times = []
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            status = path.lstat()
+            times.append((path, status.st_atime_ns, status.st_mtime_ns))
+    try:
+        yield
+    finally:
+        for path, accessed, modified in times:
+            with contextlib.suppress(OSError):
+                os.utime(path, ns=(accessed, modified), follow_symlinks=False)
 
 
 def _remove_tree(cache: Cache, entry: CacheEntry) -> bool:
@@ -367,10 +465,61 @@ def _remove_tree(cache: Cache, entry: CacheEntry) -> bool:
 def _digest_keeping_last_use(entry: CacheEntry) -> str:
     # Reading a blob may move its access time, which is its last use: a check
     # of the whole cache must not make every entry look fresh to pruning.
+    # A read-only cache keeps the new access time: checking must not write.
     modified = entry.path.stat().st_mtime_ns
     digest = file_digest(entry.path)
-    os.utime(entry.path, ns=(int(entry.last_used * 1e9), modified))
+    with contextlib.suppress(OSError):
+        os.utime(entry.path, ns=(int(entry.last_used * 1e9), modified))
     return digest
+
+
+def _has_blob(entry: CacheEntry) -> bool:
+    """Whether the entry is a blob, not a tree extracted from a local archive."""
+    return entry.path.parent.name == "blobs"
+
+
+def _orphan_trees(cache: Cache) -> list[CacheEntry]:
+    """Entries for the trees that have no blob: archives loaded from local files."""
+    paths = _local_paths_by_digest(cache)
+    found = []
+    for tree in (cache.root / "trees").iterdir():
+        if not _TREE_NAME.match(tree.name) or cache.has_blob(tree.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            size, last_used = _tree_usage(tree)
+            local = paths.get(tree.name, ())
+            found.append(CacheEntry(tree.name, local, size, last_used, tree))
+    return found
+
+
+def _local_paths_by_digest(cache: Cache) -> dict[str, tuple[str, ...]]:
+    found: defaultdict[str, list[str]] = defaultdict(list)
+    for path, digest in cache.local_digests():
+        found[digest].append(path)
+    return {digest: tuple(sorted(paths)) for digest, paths in found.items()}
+
+
+def _tree_usage(tree: Path) -> tuple[int, float]:
+    """A tree's bytes and the newest access time of its files.
+
+    Folders are left out: listing one, as this function does, renews its
+    access time, while only a load reads the files.
+    """
+    size, last_used = 0, tree.stat().st_mtime
+    for root, _, files in os.walk(tree):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                status = (Path(root) / name).lstat()
+                size += status.st_size
+                last_used = max(last_used, status.st_atime)
+    return size, last_used
+
+
+def _local_name(target: str) -> str:
+    """The absolute path a local target names, as the cache records it."""
+    if "://" in target:
+        return target
+    return str(Path(target).expanduser().resolve())
 
 
 def _urls_by_blob(cache: Cache) -> dict[str, tuple[str, ...]]:
@@ -401,7 +550,7 @@ def _remove(cache: Cache, entry: CacheEntry) -> bool:
     if stack is None:
         logger.debug("%s is in use; not removed", entry.sha256)
         return False
-    with stack:
+    with stack, cache.changing("remove entries"):
         for url in entry.urls:
             cache.forget_url(url)
         cache.evict(entry.sha256)

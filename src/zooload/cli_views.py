@@ -163,6 +163,9 @@ def _file_fields(file: FileInfo) -> Fields:
     if file.weights_key:
         structure = "\n".join(f"  {line}" for line in file.structure)
         fields.append(("weights", f"under key {file.weights_key!r} of:\n{structure}"))
+    if file.candidates:
+        fields.append(("weights", file.choice))
+        fields.append(("structure", "\n".join(file.structure)))
     fields.extend((f"  {k}", v) for k, v in sorted(file.metadata.items()))
     return fields
 
@@ -181,6 +184,12 @@ def inspect_json(info: CheckpointInfo) -> dict[str, Any]:
                 "path": str(file.path),
                 "format": file.format,
                 "weights_key": file.weights_key,
+                "candidates": [
+                    {"key": key, "tensors": count}
+                    for key, count in zip(
+                        file.candidates, file.candidate_tensors, strict=True
+                    )
+                ],
                 "structure": list(file.structure),
                 "metadata": dict(file.metadata),
                 "tensors": [_tensor_json(tensor) for tensor in file.tensors],

@@ -4,7 +4,9 @@
 it into any model and summarises it: the format, the nested structure of a
 training checkpoint and the key that holds the weights, the tensors with
 their shapes and dtypes, counts and bytes per dtype, and the metadata and
-manifest.
+manifest. A training checkpoint with several sets of weights (``state_dict``
+and ``state_dict_ema``) is summarised with its candidate keys, so that the
+user can pick one with ``key=``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from zooload.formats import Checkpoint, PickleTrust, read_checkpoint
 from zooload.manifest import Manifest, describe
 from zooload.pipeline import PathOrUrl, fetch
 from zooload.report import collapse_names
-from zooload.unwrap import describe_structure, unwrap
+from zooload.unwrap import describe_structure, find_weights, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,13 @@ class TensorInfo:
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:
-    """One checkpoint file: its format, structure, weights key and tensors."""
+    """One checkpoint file: its format, structure, weights key and tensors.
+
+    When the file holds several sets of weights and no ``key=`` picked one,
+    ``weights_key`` is empty, ``tensors`` is empty, ``candidates`` lists the
+    keys that could be the weights and ``candidate_tensors`` their tensor
+    counts.
+    """
 
     path: Path
     format: str
@@ -46,6 +54,19 @@ class FileInfo:
     structure: tuple[str, ...]
     tensors: tuple[TensorInfo, ...]
     metadata: Mapping[str, str]
+    candidates: tuple[str, ...] = ()
+    candidate_tensors: tuple[int, ...] = ()
+
+    @property
+    def choice(self) -> str:
+        """The sentence listing the candidate keys, or ``""`` without any."""
+        if not self.candidates:
+            return ""
+        listed = ", ".join(
+            f"{key!r} ({count} tensors)"
+            for key, count in zip(self.candidates, self.candidate_tensors, strict=True)
+        )
+        return f"several sets of weights: {listed}; pass key= to pick one"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +129,8 @@ def inspect(
     Returns
     -------
     CheckpointInfo
+        Without ``key``, a file with several sets of weights has no tensors
+        and lists its candidate keys instead (:attr:`FileInfo.candidates`).
 
     Raises
     ------
@@ -135,6 +158,9 @@ def inspect(
 
 
 def _file_info(checkpoint: Checkpoint, key: str | None) -> FileInfo:
+    candidates = find_weights(checkpoint.content) if key is None else []
+    if len(candidates) > 1:
+        return _undecided_file_info(checkpoint, candidates)
     unwrapped = unwrap(checkpoint.content, key=key, source=str(checkpoint.path))
     tensors = tuple(
         TensorInfo(
@@ -155,6 +181,25 @@ def _file_info(checkpoint: Checkpoint, key: str | None) -> FileInfo:
         structure,
         tensors,
         dict(checkpoint.metadata),
+    )
+
+
+def _undecided_file_info(checkpoint: Checkpoint, candidates: list[str]) -> FileInfo:
+    """The summary of a file whose weights only ``key=`` can pick."""
+    source = str(checkpoint.path)
+    counts = tuple(
+        len(unwrap(checkpoint.content, key=key, source=source).tensors)
+        for key in candidates
+    )
+    return FileInfo(
+        checkpoint.path,
+        checkpoint.format.value,
+        "",
+        tuple(describe_structure(checkpoint.content)),
+        (),
+        dict(checkpoint.metadata),
+        tuple(candidates),
+        counts,
     )
 
 
@@ -189,6 +234,12 @@ def _render_file(file: FileInfo) -> list[str]:
     if file.weights_key:
         lines.append(f"weights     under key {file.weights_key!r} of:")
         lines.extend(f"              {line}" for line in file.structure)
+    if file.candidates:
+        lines.append(f"weights     {file.choice}")
+        lines.extend(
+            f"{'structure' if index == 0 else '':<12}{line}"
+            for index, line in enumerate(file.structure)
+        )
     lines.extend(f"metadata    {k}: {v}" for k, v in sorted(file.metadata.items()))
     groups = _grouped(file.tensors)
     for name, shape, dtype in groups[:_TABLE_ROWS]:

@@ -40,7 +40,7 @@ def render_report(report: LoadReport) -> str:
         ("mismatched", _pairs(report.mismatched, "checkpoint", "model")),
         ("skipped", collapse_names(report.skipped)),
         ("renamed", collapse_renames(report.renamed)),
-        ("cast", [f"{name}: {a} -> {b}" for name, (a, b) in report.cast.items()]),
+        ("cast", collapse_casts(report.cast)),
         ("prefix", [report.prefix] if report.prefix else []),
     ]
     counts = {
@@ -96,6 +96,25 @@ def collapse_names(names: Iterable[str]) -> list[str]:
             order.append(key)
         groups[key].append(index)
     return [_render_group(key, groups[key]) for key in order]
+
+
+def collapse_casts(cast: Mapping[str, tuple[str, str]]) -> list[str]:
+    """Render ``name: old -> new`` lines, collapsing names cast alike by index.
+
+    Examples
+    --------
+    >>> cast = {"h.0.w": ("float16", "float32"), "h.1.w": ("float16", "float32")}
+    >>> collapse_casts(cast)
+    ['h.{0..1}.w: float16 -> float32']
+    """
+    by_dtypes: dict[tuple[str, str], list[str]] = {}
+    for name, dtypes in cast.items():
+        by_dtypes.setdefault(dtypes, []).append(name)
+    return [
+        f"{name}: {old} -> {new}"
+        for (old, new), names in by_dtypes.items()
+        for name in collapse_names(names)
+    ]
 
 
 def collapse_renames(renamed: Mapping[str, str]) -> list[str]:
