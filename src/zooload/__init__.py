@@ -46,8 +46,9 @@ from zooload.inspection import CheckpointInfo, inspect
 from zooload.loading import LoadReport, load_into
 from zooload.manifest import Manifest
 from zooload.pack import pack
-from zooload.pipeline import LoadResult, fetch, load, load_state_dict, load_url
+from zooload.pipeline import LoadResult, load, load_url
 from zooload.retries import RetryPolicy
+from zooload.retrieval import fetch, load_state_dict
 
 __version__ = "0.1.0"
 

@@ -47,7 +47,8 @@ from zooload.errors import ZooloadError
 from zooload.formats import StateDict
 from zooload.inspection import inspect
 from zooload.pack import pack
-from zooload.pipeline import fetch, load, load_state_dict
+from zooload.pipeline import load
+from zooload.retrieval import fetch, load_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from zooload.errors import ConfigError
 from zooload.formats.safetensors_file import ALIASES_KEY
-from zooload.pipeline import PathOrUrl, load_state_dict
+from zooload.retrieval import PathOrUrl, load_state_dict
 
 logger = logging.getLogger(__name__)
 

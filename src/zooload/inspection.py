@@ -19,8 +19,8 @@ from pathlib import Path
 
 from zooload.formats import Checkpoint, PickleTrust, read_checkpoint
 from zooload.manifest import Manifest, describe
-from zooload.pipeline import PathOrUrl, fetch
 from zooload.report import collapse_names
+from zooload.retrieval import PathOrUrl, fetch
 from zooload.unwrap import describe_structure, find_weights, unwrap
 
 logger = logging.getLogger(__name__)
