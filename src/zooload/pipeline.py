@@ -265,11 +265,10 @@ def load(
     fetched = fetch_source(url, sha256, cache_dir, settings)
     with evicted_if_unusable(fetched):
         description = describe(fetched.root)
-    clock.lap("fetch")
-    with evicted_if_unusable(fetched):
         factory, kwargs = _architecture(
             description, arch, arch_kwargs, trust_code=trust_code
         )
+    clock.lap("fetch")
     report: LoadReport | None = None
     if factory is None:
         model: nn.Module = load_program(
