@@ -23,7 +23,14 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import zooload
-from support.builders import cache_files, make_tar, sha256_of, tensors_equal
+from support.builders import (
+    cache_files,
+    make_tar,
+    sha256_of,
+    tar_member,
+    tar_of,
+    tensors_equal,
+)
 from support.httpserver import Fault
 
 WEIGHTS = {"weight": torch.tensor([[1.0, 2.0]]), "bias": torch.tensor([0.5])}
@@ -92,24 +99,6 @@ def _model_archive(document: dict[str, Any], weights: bytes | None) -> bytes:
     if weights is not None:
         members["weights.safetensors"] = weights
     return make_tar(members)
-
-
-def _tar_with(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for info, data in members:
-            info.size = len(data) if info.isfile() else 0
-            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
-    return buffer.getvalue()
-
-
-def _member(
-    name: str, kind: bytes = tarfile.REGTYPE, link: str = ""
-) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = link
-    return info
 
 
 # -- integrity -----------------------------------------------------------------
@@ -196,42 +185,42 @@ def test_load_url_truncated_archive_evicts_its_blob(
 
 UNSAFE_TAR_MEMBERS = {
     "dot-dot": (
-        [(_member("../x"), b"escaped")],
+        [(tar_member("../x"), b"escaped")],
         "../x",
         "path leads out of the extraction folder",
     ),
     "absolute": (
-        [(_member("/tmp/zooload-escape"), b"escaped")],
+        [(tar_member("/tmp/zooload-escape"), b"escaped")],
         "/tmp/zooload-escape",
         "absolute path",
     ),
     "symlink-outside": (
-        [(_member("link", tarfile.SYMTYPE, "../../etc/passwd"), b"")],
+        [(tar_member("link", tarfile.SYMTYPE, "../../etc/passwd"), b"")],
         "link",
         "",
     ),
     "symlink-absolute": (
-        [(_member("link", tarfile.SYMTYPE, "/etc/passwd"), b"")],
+        [(tar_member("link", tarfile.SYMTYPE, "/etc/passwd"), b"")],
         "link",
         "symbolic link to an absolute path",
     ),
     "hardlink-to-non-member": (
-        [(_member("link", tarfile.LNKTYPE, "etc/passwd"), b"")],
+        [(tar_member("link", tarfile.LNKTYPE, "etc/passwd"), b"")],
         "link",
         "link target is not a regular file earlier in the archive",
     ),
     "device": (
-        [(_member("null", tarfile.CHRTYPE), b"")],
+        [(tar_member("null", tarfile.CHRTYPE), b"")],
         "null",
         "device files, FIFOs and other special members are not allowed",
     ),
     "fifo": (
-        [(_member("pipe", tarfile.FIFOTYPE), b"")],
+        [(tar_member("pipe", tarfile.FIFOTYPE), b"")],
         "pipe",
         "device files, FIFOs and other special members are not allowed",
     ),
     "repeated": (
-        [(_member("a.txt"), b"first"), (_member("a.txt"), b"second")],
+        [(tar_member("a.txt"), b"first"), (tar_member("a.txt"), b"second")],
         "a.txt",
         "repeats an earlier member",
     ),
@@ -250,7 +239,7 @@ def test_load_url_unsafe_tar_member_is_refused(
     member: str,
     rule: str,
 ) -> None:
-    url = served.add("model.tar.gz", _tar_with(*members))
+    url = served.add("model.tar.gz", tar_of(*members))
 
     with pytest.raises(
         zooload.UnsafeArchiveError,

@@ -18,24 +18,7 @@ from typing import Any
 import pytest
 
 import zooload
-
-
-def _tar(*members: tuple[tarfile.TarInfo, bytes], compress: bool = True) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tar:
-        for info, data in members:
-            info.size = len(data) if info.isfile() else 0
-            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
-    return buffer.getvalue()
-
-
-def _member(
-    name: str, kind: bytes = tarfile.REGTYPE, link: str = ""
-) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = link
-    return info
+from support.builders import tar_member, tar_of
 
 
 def _gzip_bomb(size: int) -> bytes:
@@ -65,41 +48,47 @@ def _lying_zip() -> bytes:
 
 CASES: dict[str, tuple[Callable[[], bytes], str, str]] = {
     "dot-dot": (
-        lambda: _tar((_member("../evil.txt"), b"x")),
+        lambda: tar_of((tar_member("../evil.txt"), b"x")),
         "../evil.txt",
         r"\(\.\.\)",
     ),
     "absolute": (
-        lambda: _tar((_member("/tmp/evil.txt"), b"x")),
+        lambda: tar_of((tar_member("/tmp/evil.txt"), b"x")),
         "/tmp/evil.txt",
         "absolute",
     ),
     "symlink-to-etc": (
-        lambda: _tar((_member("etc", tarfile.SYMTYPE, "/etc"), b"")),
+        lambda: tar_of((tar_member("etc", tarfile.SYMTYPE, "/etc"), b"")),
         "etc",
         "absolute path",
     ),
     "symlink-chain-escapes": (
-        lambda: _tar(
-            (_member("a/inner", tarfile.SYMTYPE, "../b"), b""),
-            (_member("b", tarfile.SYMTYPE, "../../outside"), b""),
+        lambda: tar_of(
+            (tar_member("a/inner", tarfile.SYMTYPE, "../b"), b""),
+            (tar_member("b", tarfile.SYMTYPE, "../../outside"), b""),
         ),
         "a/inner",
         "not a regular file earlier",
     ),
     "hardlink-outside": (
-        lambda: _tar((_member("passwd", tarfile.LNKTYPE, "/etc/passwd"), b"")),
+        lambda: tar_of((tar_member("passwd", tarfile.LNKTYPE, "/etc/passwd"), b"")),
         "passwd",
         "absolute",
     ),
     "device-node": (
-        lambda: _tar((_member("sda", tarfile.BLKTYPE), b"")),
+        lambda: tar_of((tar_member("sda", tarfile.BLKTYPE), b"")),
         "sda",
         "device files",
     ),
-    "fifo": (lambda: _tar((_member("pipe", tarfile.FIFOTYPE), b"")), "pipe", "FIFOs"),
+    "fifo": (
+        lambda: tar_of((tar_member("pipe", tarfile.FIFOTYPE), b"")),
+        "pipe",
+        "FIFOs",
+    ),
     "repeated-member": (
-        lambda: _tar((_member("w.bin"), b"first"), (_member("w.bin"), b"second")),
+        lambda: tar_of(
+            (tar_member("w.bin"), b"first"), (tar_member("w.bin"), b"second")
+        ),
         "w.bin",
         "repeats an earlier member",
     ),
@@ -160,7 +149,9 @@ def test_the_gzip_bomb_is_small_and_refused_before_it_is_written(
 
 def test_extraction_limits_are_configurable(tmp_path: Path) -> None:
     path = tmp_path / "small.tar.gz"
-    path.write_bytes(_tar((_member("a.bin"), bytes(2048)), (_member("b.bin"), b"x")))
+    path.write_bytes(
+        tar_of((tar_member("a.bin"), bytes(2048)), (tar_member("b.bin"), b"x"))
+    )
     tight = zooload.ExtractionLimits(max_members=1)
     with pytest.raises(zooload.UnsafeArchiveError, match="more than 1 members"):
         zooload.fetch(path, cache_dir=tmp_path / "cache", limits=tight)

@@ -56,3 +56,23 @@ def partial_files(cache: Path) -> list[str]:
     """The names under the cache's ``partial/`` folder."""
     folder = cache / "partial"
     return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def tar_member(
+    name: str, kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> tarfile.TarInfo:
+    """A tar header of any kind: file, folder, link, device, FIFO."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+def tar_of(*members: tuple[tarfile.TarInfo, bytes], compress: bool = True) -> bytes:
+    """A tar (gzip by default) of the given headers; data only for files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if compress else "w") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return buffer.getvalue()
