@@ -46,6 +46,7 @@ from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into
 from zooload.manifest import Description, Manifest, describe
 from zooload.retries import RetryPolicy
 from zooload.retrieval import (
+    Fetched,
     PathOrUrl,
     evicted_if_unusable,
     fetch_source,
@@ -274,21 +275,14 @@ def load(
         model: nn.Module = load_program(
             description.weights[0], map_location=map_location
         )
-        clock.lap("load")
     else:
-        model = build_without_parameters(factory, kwargs)
-        clock.lap("build")
         trust = PickleTrust(trust_pickle, tuple(allow_globals))
         options = _WeightOptions(strict, key, trust, on_shape_mismatch)
-        with evicted_if_unusable(fetched):
-            tensors = read_weights(description.weights, key=key, trust=trust)
-        report = _load_weights(model, tensors, description, options)
-        if report.missing or report.mismatched:
-            model, report = _load_partially(
-                factory, kwargs, tensors, description, options
-            )
+        model, report = _build_and_load(
+            factory, kwargs, fetched, description, options, clock=clock
+        )
         model = model.to(map_location).eval()
-        clock.lap("load")
+    clock.lap("load")
     example = _check(model, description, check=check)
     clock.lap("check")
     logger.info("loaded %s in %.3f s", type(model).__name__, clock.total)
@@ -382,6 +376,28 @@ class _WeightOptions:
     key: str | None
     trust: PickleTrust
     on_shape_mismatch: ShapeMismatchPolicy | str
+
+
+def _build_and_load(
+    factory: Factory,
+    kwargs: dict[str, Any],
+    fetched: Fetched,
+    description: Description,
+    options: _WeightOptions,
+    *,
+    clock: _StageClock,
+) -> tuple[nn.Module, LoadReport]:
+    """Build on the meta device, adopt the weights; rebuild for a partial load."""
+    model = build_without_parameters(factory, kwargs)
+    clock.lap("build")
+    with evicted_if_unusable(fetched):
+        tensors = read_weights(
+            description.weights, key=options.key, trust=options.trust
+        )
+    report = _load_weights(model, tensors, description, options)
+    if report.missing or report.mismatched:
+        return _load_partially(factory, kwargs, tensors, description, options)
+    return model, report
 
 
 def _load_partially(
