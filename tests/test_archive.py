@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import logging
 import random
 import re
 import shutil
@@ -534,3 +535,31 @@ def test_extract_to_cache_refuses_a_file_named_as_the_folder_itself(
 
     assert caught.value.rule == "empty name"
     assert cache_files(cache.root) == []
+
+
+@pytest.mark.parametrize("decoder", ["isal", "zlib"])
+def test_extract_to_cache_decodes_tar_gz_with_isal_or_zlib(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    decoder: str,
+) -> None:
+    import zooload.archive as archive_module
+
+    if decoder == "zlib":
+        monkeypatch.setattr(archive_module, "_ISAL_GZIP", None)
+    assert (archive_module._ISAL_GZIP is not None) == (decoder == "isal")
+    payload = bytes(range(256)) * 4096
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("w.bin")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    path = tmp_path / "m.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    caplog.set_level(logging.DEBUG, logger="zooload.archive")
+
+    tree = extract_to_cache(path, "cd" * 32, Cache.open(tmp_path / "cache"))
+
+    assert (tree / "w.bin").read_bytes() == payload
+    assert ("decoding m.tar.gz with isal" in caplog.text) == (decoder == "isal")

@@ -11,6 +11,7 @@ archive to unpack: it is returned as the bare file it is.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import enum
 import gzip
 import io
@@ -24,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, cast
 
 from zooload.cache import Cache
 from zooload.errors import ArchiveError, UnsafeArchiveError, ZooloadError
@@ -56,6 +57,30 @@ _READ_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     ValueError,
 )
+
+
+def _isal_opener() -> Callable[[Path], io.BufferedIOBase] | None:
+    """isal's gzip reader, when the optional extra ``zooload[fast]`` is installed."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return None
+    opener: Callable[[Path], io.BufferedIOBase] = igzip.IGzipFile
+    return opener
+
+
+def _isal_errors() -> tuple[type[Exception], ...]:
+    """What isal raises on a corrupt stream (not a zlib.error subclass)."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return ()
+    # isal's stubs declare ``error`` as an instance; it is the exception class.
+    return (cast(type[Exception], isal_zlib.error),)
+
+
+_ISAL_GZIP = _isal_opener()
+_READ_ERRORS += _isal_errors()
 
 
 class ArchiveKind(str, enum.Enum):
@@ -269,11 +294,29 @@ def _extract(archive: Path, state: _Extraction, source: str) -> int:
 
 def _extract_tar(archive: Path, state: _Extraction) -> int:
     count = 0
-    with tarfile.open(archive, mode="r:*") as tar:
+    with contextlib.ExitStack() as stack:
+        tar = stack.enter_context(_open_tar(archive, stack))
         for member in _tar_members(tar, state):
             _write_tar_member(tar, member, state)
             count += 1
     return count
+
+
+def _open_tar(archive: Path, stack: contextlib.ExitStack) -> tarfile.TarFile:
+    """Open a tar for one pass, decoding gzip with isal when it is installed.
+
+    Model weights barely compress, so decoding speed bounds a ``.tar.gz``
+    load: isal's inflate runs about 1.5 times as fast as zlib's on fp32 data
+    (measured in docs/CACHE.md). Members are read in order, once, so a
+    stream suffices.
+    """
+    with archive.open("rb") as probe:
+        compression = _compression_of(probe.read(8))
+    if compression == "gz" and _ISAL_GZIP is not None:
+        logger.debug("decoding %s with isal", archive.name)
+        stream = stack.enter_context(_ISAL_GZIP(archive))
+        return tarfile.open(fileobj=stream, mode="r|")
+    return tarfile.open(archive, mode="r:*")
 
 
 def _tar_members(tar: tarfile.TarFile, state: _Extraction) -> Iterator[tarfile.TarInfo]:
