@@ -221,7 +221,7 @@ class CustomInit(torch.nn.Module):
 
 
 def test_load_url_partial_load_keeps_the_architectures_own_initialisation(
-    tmp_path: Path, cache_dir: Path
+    tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     torch.manual_seed(0)
     body = torch.nn.Linear(2, 4)
@@ -238,6 +238,7 @@ def test_load_url_partial_load_keeps_the_architectures_own_initialisation(
     assert torch.equal(result.model.body.weight, body.weight)
     assert torch.equal(result.model.head.weight, torch.zeros(2, 4))
     assert torch.equal(result.model.head.bias, torch.full((2,), 3.0))
+    assert caplog.text.count("partial load into CustomInit") == 1
 
 
 def test_load_url_manifest_dtype_converts_the_example_inputs(

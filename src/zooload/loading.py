@@ -162,15 +162,12 @@ def load_into(
     >>> report.ok, report.prefix, model.weight.tolist()
     (True, "stripped 'module.'", [[1.0, 1.0]])
     """
-    policy = _policy(on_shape_mismatch)
-    _check_tensors(state_dict)
-    targets = model.state_dict(keep_vars=True)
-    keep = name_filter(include, exclude)
-    mapped = _map_names(state_dict, rename, strip_prefix, targets, keep)
-    report = _match({n: t for n, t in targets.items() if keep(n)}, mapped)
-    _refuse_if_unfit(
-        report, strict=strict, policy=policy, targets=targets, mapped=mapped
+    plan = _plan(
+        model,
+        state_dict,
+        _Choices(strict, include, exclude, rename, strip_prefix, on_shape_mismatch),
     )
+    report, targets, mapped = plan.report, plan.targets, plan.mapped
     _materialise(
         model, [n for n in targets if targets[n].is_meta and n not in report.loaded]
     )
@@ -179,6 +176,67 @@ def load_into(
         logger.warning("partial load into %s:\n%s", type(model).__name__, report)
     logger.debug("loaded %d tensors into %s", len(report.loaded), type(model).__name__)
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Choices:
+    """The options of :func:`load_into`, travelling together."""
+
+    strict: bool
+    include: Patterns
+    exclude: Patterns
+    rename: RenameRules | None
+    strip_prefix: str | None
+    on_shape_mismatch: ShapeMismatchPolicy | str
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a load would do: the report, the model's tensors, the mapped names."""
+
+    report: LoadReport
+    targets: Mapping[str, torch.Tensor]
+    mapped: _Mapped
+
+
+def _plan(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], choices: _Choices
+) -> _Plan:
+    """Match names and shapes, raising when the load may not go ahead."""
+    policy = _policy(choices.on_shape_mismatch)
+    _check_tensors(state_dict)
+    targets = model.state_dict(keep_vars=True)
+    keep = name_filter(choices.include, choices.exclude)
+    mapped = _map_names(state_dict, choices.rename, choices.strip_prefix, targets, keep)
+    report = _match({n: t for n, t in targets.items() if keep(n)}, mapped)
+    _refuse_if_unfit(
+        report, strict=choices.strict, policy=policy, targets=targets, mapped=mapped
+    )
+    return _Plan(report, targets, mapped)
+
+
+def plan_load(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    rename: RenameRules | None = None,
+    on_shape_mismatch: ShapeMismatchPolicy | str = ShapeMismatchPolicy.ERROR,
+) -> LoadReport:
+    """The report :func:`load_into` would give, without touching ``model``.
+
+    Raises what :func:`load_into` raises when the load may not go ahead.
+
+    Examples
+    --------
+    >>> model = torch.nn.Linear(2, 1)
+    >>> plan_load(model, {"weight": torch.ones(1, 2)}, strict=False).missing
+    ('bias',)
+    >>> model.weight.sum().item() != 2.0
+    True
+    """
+    choices = _Choices(strict, None, None, rename, AUTO, on_shape_mismatch)
+    return _plan(model, state_dict, choices).report
 
 
 def _check_tensors(state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -42,7 +42,7 @@ from zooload.formats import (
     sniff_format,
 )
 from zooload.formats.torchscript import load_program
-from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into
+from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into, plan_load
 from zooload.manifest import Description, Manifest, describe
 from zooload.retries import RetryPolicy
 from zooload.retrieval import (
@@ -394,10 +394,18 @@ def _build_and_load(
         tensors = read_weights(
             description.weights, key=options.key, trust=options.trust
         )
-    report = _load_weights(model, tensors, description, options)
-    if report.missing or report.mismatched:
+    manifest = description.manifest
+    rules = [(r.pattern, r.replacement) for r in manifest.rename] if manifest else []
+    plan = plan_load(
+        model,
+        tensors,
+        strict=options.strict,
+        rename=rules,
+        on_shape_mismatch=options.on_shape_mismatch,
+    )
+    if plan.missing or plan.mismatched:
         return _load_partially(factory, kwargs, tensors, description, options)
-    return model, report
+    return model, _load_weights(model, tensors, description, options)
 
 
 def _load_partially(
@@ -412,8 +420,8 @@ def _load_partially(
     A partial load keeps the tensors the checkpoint does not provide as the
     architecture initialises them, custom initialisation included, as a
     plain ``load_state_dict(strict=False)`` into ``factory()`` would. The
-    meta-device build cannot know that initialisation, so when the first
-    load leaves tensors unloaded, the model is built again, allocated.
+    meta-device build cannot know that initialisation, so when the plan
+    leaves tensors unloaded, the model is built allocated instead.
     """
     logger.debug("partial load: building %s with its own initialisation", factory)
     try:
