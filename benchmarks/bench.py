@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -86,6 +87,9 @@ def print_table(title: str, rows: list[Row], unit: str, anchor: str | None) -> N
 def timed(action: Callable[[], object], runs: int) -> list[float]:
     results = []
     for _ in range(runs):
+        # Dirty pages left by the run before (torch.hub and curl do not flush
+        # their files) would otherwise slow down whichever case runs next.
+        os.sync()
         started = time.perf_counter()
         action()
         results.append(time.perf_counter() - started)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import pytest
 
+from zooload import partials
 from zooload.partials import MAX_PENDING_BYTES, ChunkSink
 
 
@@ -60,3 +62,38 @@ def test_chunk_sink_raises_the_writer_failure() -> None:
 
     with pytest.raises(OSError, match="No space"):
         _write_all(sink, [b"x" * 1024] * 3)
+
+
+def test_chunk_sink_flushes_to_disk_as_the_bytes_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed: list[int] = []
+    path = tmp_path / "partial"
+
+    def record(descriptor: int) -> None:
+        # The file's size on disk when the writer asks for a flush.
+        flushed.append(os.fstat(descriptor).st_size)
+
+    monkeypatch.setattr(partials, "SYNC_EVERY_BYTES", 1000)
+    monkeypatch.setattr(partials, "_flush_data", record)
+    with ChunkSink(path.open("wb"), hashlib.sha256(), 0) as sink:
+        for _ in range(5):
+            sink.write(b"z" * 600)
+        sink.finish()
+
+    assert flushed == [1200, 2400]
+    assert path.read_bytes() == b"z" * 3000
+
+
+def test_chunk_sink_reports_a_failed_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(descriptor: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(partials, "SYNC_EVERY_BYTES", 10)
+    monkeypatch.setattr(partials, "_flush_data", fail)
+    sink = ChunkSink((tmp_path / "partial").open("wb"), hashlib.sha256(), 0)
+
+    with pytest.raises(OSError, match="Input/output error"):
+        _write_all(sink, [b"x" * 20] * 3)

@@ -6,7 +6,9 @@ import base64
 import json
 import logging
 import os
+import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -326,6 +328,75 @@ def test_proxy_is_skipped_for_no_proxy_hosts(
     zooload.fetch(url, cache_dir=cache_dir)
     assert proxy.requests == []
     assert served.count("m.bin") == 1
+
+
+def test_all_proxy_applies_when_no_scheme_proxy_is_set(
+    served,
+    other_host: LoopbackServer,
+    proxy: LoopbackServer,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = other_host.url(served.path("all.bin"))
+    proxy.add(served.path("all.bin"), DATA)
+    monkeypatch.setenv("ALL_PROXY", proxy.base_url)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+
+    path = zooload.fetch(_pinned(target), cache_dir=cache_dir)
+
+    assert path.read_bytes() == DATA
+    assert [r.path for r in proxy.requests] == [target]
+    assert other_host.count(served.path("all.bin")) == 0
+
+
+def test_proxy_credentials_become_a_proxy_authorization_header(
+    served,
+    other_host: LoopbackServer,
+    proxy: LoopbackServer,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = other_host.url(served.path("auth.bin"))
+    proxy.add(served.path("auth.bin"), DATA)
+    address = proxy.base_url.replace("http://", "http://ann:pa%3Ass@")
+    monkeypatch.setenv("HTTP_PROXY", address)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+
+    zooload.fetch(_pinned(target), cache_dir=cache_dir)
+
+    (request,) = proxy.requests
+    expected = "Basic " + base64.b64encode(b"ann:pa:ss").decode()
+    assert request.headers["proxy-authorization"] == expected
+
+
+def test_a_socks_proxy_without_pysocks_is_a_config_error(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if PySocks were not installed: the import of urllib3's support fails.
+    monkeypatch.setitem(sys.modules, "urllib3.contrib.socks", None)
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+
+    with pytest.raises(zooload.ConfigError, match="SOCKS proxy.*pip install pysocks"):
+        zooload.fetch("http://127.0.0.2:9/m.bin", cache_dir=cache_dir)
+
+    assert not list(cache_dir.rglob("*.bin"))
+
+
+def test_an_unreachable_proxy_is_named_in_the_error(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    retry = zooload.RetryPolicy(attempts=1)
+
+    with pytest.raises(zooload.DownloadError, match="the proxy failed") as caught:
+        zooload.fetch("http://127.0.0.2:9/m.bin", cache_dir=cache_dir, retry=retry)
+
+    assert caught.value.retryable
 
 
 # -- CA bundles ------------------------------------------------------------------

@@ -317,6 +317,10 @@ def test_load_url_names_the_url_of_a_page_that_is_no_checkpoint(
             "invalid port",
         ),
         (
+            lambda p, c: zooload.load_url("http://[::1/w.pt", arch="x", cache_dir=c),
+            r"is not a valid URL \(Invalid IPv6 URL\)",
+        ),
+        (
             lambda p, c: zooload.pack(
                 _weights(), p.parent / "nowhere" / "m.zip", arch="pipeline-two-layers"
             ),
@@ -327,7 +331,14 @@ def test_load_url_names_the_url_of_a_page_that_is_no_checkpoint(
             r"'first\.bias' \(str\)",
         ),
     ],
-    ids=["bad-device", "no-cuda", "bad-port", "pack-no-folder", "not-tensors"],
+    ids=[
+        "bad-device",
+        "no-cuda",
+        "bad-port",
+        "bad-ipv6",
+        "pack-no-folder",
+        "not-tensors",
+    ],
 )
 def test_load_url_bad_arguments_get_zooload_errors(
     call: Any, pattern: str, tmp_path: Path, cache_dir: Path

@@ -197,7 +197,9 @@ def test_retries_connection_refused_then_give_up(
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/m.bin"
 
-    with pytest.raises(zooload.DownloadError, match="ConnectError") as caught:
+    with pytest.raises(
+        zooload.DownloadError, match="could not connect .*refused"
+    ) as caught:
         zooload.fetch(url, cache_dir=cache_dir, retry=retry)
 
     assert caught.value.retryable

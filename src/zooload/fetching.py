@@ -103,13 +103,17 @@ def parse_location(url: str | os.PathLike[str], sha256: str | None = None) -> Lo
     """
     text = os.fspath(url)
     base, _, fragment = text.partition("#")
-    parts = urlsplit(base)
-    scheme = parts.scheme.lower()
+    try:
+        parts = urlsplit(base)
+    except ValueError as err:
+        message = f"{base} is not a valid URL ({err}); fix the URL."
+        raise ConfigError(message) from err
     try:
         parts.port  # noqa: B018 -- urlsplit checks the port only when asked
     except ValueError as err:
         message = f"{base} has an invalid port ({err}); fix the URL."
         raise ConfigError(message) from err
+    scheme = parts.scheme.lower()
     if _WINDOWS_DRIVE.match(scheme):
         scheme = ""
     if scheme not in TRANSPORTS and scheme not in {"", "file"}:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +32,8 @@ from zooload.hashing import CHUNK_BYTES
 logger = logging.getLogger(__name__)
 
 META_SUFFIX = ".json"
-MAX_PENDING_BYTES = 32 << 20
+MAX_PENDING_BYTES = 64 << 20
+SYNC_EVERY_BYTES = 128 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,46 +45,72 @@ class PartialMeta:
     total: int | None
 
 
+class _Lane:
+    """The chunks one consumer thread of a :class:`ChunkSink` has yet to take."""
+
+    def __init__(self, consume: Callable[[bytes], None]) -> None:
+        self.consume = consume
+        self.chunks: list[bytes] = []
+        self.pending_bytes = 0
+
+
 class ChunkSink:
     """Writes arriving chunks to a partial file and hashes them, in order.
 
-    The receiving thread only queues chunks; a writer thread of the sink's
-    own takes everything queued so far as one block, writes it and hashes
-    it. hashlib and file writes release the GIL on large buffers, so the two
-    threads overlap, and the blocks grow while the disk or the digest is the
-    slower side. Whatever has arrived reaches the file as soon as the writer
-    is free, so an interrupted transfer leaves it to resume. At most
-    :data:`MAX_PENDING_BYTES` wait in memory; beyond that the receiver waits.
+    The receiving thread only queues chunks. Two threads of the sink's own
+    take them: one writes them to the file, the other hashes them. File
+    writes and hashlib release the GIL on large buffers, so receiving,
+    writing and hashing overlap instead of taking turns. Every
+    :data:`SYNC_EVERY_BYTES` the writer flushes the file to disk, so that
+    the disk works while the transfer runs and the flush before publishing
+    has little left to do. Whatever has arrived reaches the file as soon as
+    the writer is free, so an interrupted transfer leaves it to resume. At
+    most :data:`MAX_PENDING_BYTES` wait in memory; beyond that the receiver
+    waits.
+
+    Examples
+    --------
+    >>> import hashlib, io
+    >>> sink = ChunkSink(io.BytesIO(), hashlib.sha256(), 0)
+    >>> with sink:
+    ...     sink.write(b"weights")
+    ...     sink.size
+    7
     """
 
     def __init__(self, stream: BinaryIO, digest: hashlib._Hash, size: int) -> None:
         self._stream = stream
         self._digest = digest
         self.size = size
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        self._unsynced = 0
         self._closing = False
         self._failure: OSError | None = None
         self._ready = threading.Condition()
-        self._writer = threading.Thread(
-            target=self._write_blocks, name="zooload-sink", daemon=True
-        )
-        self._writer.start()
+        self._lanes = (_Lane(self._write_chunk), _Lane(digest.update))
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(lane,), name=f"zooload-sink-{n}", daemon=True
+            )
+            for n, lane in enumerate(self._lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def write(self, chunk: bytes) -> None:
         """Take ``chunk``; it reaches the file and the digest in order."""
         self._raise_failure()
         with self._ready:
-            while self._pending_bytes >= MAX_PENDING_BYTES:
+            while max(lane.pending_bytes for lane in self._lanes) >= MAX_PENDING_BYTES:
                 self._ready.wait()
-            self._pending.append(chunk)
-            self._pending_bytes += len(chunk)
+            for lane in self._lanes:
+                lane.chunks.append(chunk)
+                lane.pending_bytes += len(chunk)
             self._ready.notify_all()
         self.size += len(chunk)
 
     def finish(self) -> str:
         """Flush the bytes to disk, close the file, return the hex digest."""
-        self._stop_writer()
+        self._stop_threads()
         self._raise_failure()
         # Flushed to disk before the file is renamed into the cache, so that
         # a crash cannot leave a published blob with missing bytes; the cost
@@ -92,35 +120,42 @@ class ChunkSink:
         self._stream.close()
         return self._digest.hexdigest()
 
-    def _next_block(self) -> bytes | None:
-        """Everything queued so far as one block; ``None`` once closed and empty."""
-        with self._ready:
-            while not self._pending and not self._closing:
-                self._ready.wait()
-            chunks, self._pending, self._pending_bytes = self._pending, [], 0
-            self._ready.notify_all()
-        if not chunks:
-            return None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _run(self, lane: _Lane) -> None:
+        """Hand ``lane`` its chunks, everything queued so far at a time."""
+        while True:
+            with self._ready:
+                while not lane.chunks and not self._closing:
+                    self._ready.wait()
+                chunks, lane.chunks = lane.chunks, []
+            if not chunks:
+                return
+            for chunk in chunks:
+                lane.consume(chunk)
+            with self._ready:
+                lane.pending_bytes -= sum(len(chunk) for chunk in chunks)
+                self._ready.notify_all()
 
-    def _write_blocks(self) -> None:
-        while (block := self._next_block()) is not None:
-            if self._failure is not None:
-                # Keep taking blocks, so that the receiver never waits on a
-                # full queue; it raises the failure at its next write.
-                continue
-            try:
-                self._stream.write(block)
-            except OSError as err:
-                self._failure = err
-            else:
-                self._digest.update(block)
+    def _write_chunk(self, chunk: bytes) -> None:
+        if self._failure is not None:
+            # Keep taking chunks, so that the receiver never waits on a full
+            # queue; it raises the failure at its next write.
+            return
+        try:
+            self._stream.write(chunk)
+            self._unsynced += len(chunk)
+            if self._unsynced >= SYNC_EVERY_BYTES:
+                self._stream.flush()
+                _flush_data(self._stream.fileno())
+                self._unsynced = 0
+        except OSError as err:
+            self._failure = err
 
-    def _stop_writer(self) -> None:
+    def _stop_threads(self) -> None:
         with self._ready:
             self._closing = True
             self._ready.notify_all()
-        self._writer.join()
+        for thread in self._threads:
+            thread.join()
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -136,8 +171,14 @@ class ChunkSink:
         traceback: TracebackType | None,
     ) -> None:
         # Bytes received so far reach the file, to be resumed.
-        self._stop_writer()
+        self._stop_threads()
         self._stream.close()
+
+
+def _flush_data(descriptor: int) -> None:
+    """Flush a file's data to disk; macOS has no ``fdatasync``."""
+    flush = getattr(os, "fdatasync", os.fsync)
+    flush(descriptor)
 
 
 class PartialDownload:

@@ -1,7 +1,7 @@
 """Transports: how bytes get from a URL into a partial download in the cache.
 
 Each transport is a function of the :class:`Transport` shape, picked by the
-URL's scheme in :data:`TRANSPORTS`: HTTP(S) through httpx, object stores
+URL's scheme in :data:`TRANSPORTS`: HTTP(S) through urllib3, object stores
 through fsspec. Local paths are not transported at all;
 :mod:`zooload.fetching` reads them in place.
 """
