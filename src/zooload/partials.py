@@ -131,9 +131,11 @@ class ChunkSink:
                 return
             for chunk in chunks:
                 lane.consume(chunk)
-            with self._ready:
-                lane.pending_bytes -= sum(len(chunk) for chunk in chunks)
-                self._ready.notify_all()
+                # Chunk by chunk, so that the receiver goes on while this
+                # lane is still busy with the rest of what it took.
+                with self._ready:
+                    lane.pending_bytes -= len(chunk)
+                    self._ready.notify_all()
 
     def _write_chunk(self, chunk: bytes) -> None:
         if self._failure is not None:
@@ -141,7 +143,7 @@ class ChunkSink:
             # queue; it raises the failure at its next write.
             return
         try:
-            self._stream.write(chunk)
+            _write_all(self._stream, chunk)
             self._unsynced += len(chunk)
             if self._unsynced >= SYNC_EVERY_BYTES:
                 self._stream.flush()
@@ -173,6 +175,14 @@ class ChunkSink:
         # Bytes received so far reach the file, to be resumed.
         self._stop_threads()
         self._stream.close()
+
+
+def _write_all(stream: BinaryIO, chunk: bytes) -> None:
+    """Write all of ``chunk``; an unbuffered file may take part of it per call."""
+    view = memoryview(chunk)
+    while view:
+        written = stream.write(view)
+        view = view[written if written is not None else len(view) :]
 
 
 def _flush_data(descriptor: int) -> None:
@@ -230,12 +240,14 @@ class PartialDownload:
         """Start the file from zero for the version named by ``validator``."""
         self.meta = PartialMeta(self.url, validator, total)
         _meta_path(self.path).write_text(json.dumps(asdict(self.meta)))
-        return ChunkSink(self.path.open("wb"), hashlib.sha256(), 0)
+        # Unbuffered: chunks go to the file whole, at the offsets they arrive
+        # at, rather than split at a buffer's edge into two writes.
+        return ChunkSink(self.path.open("wb", buffering=0), hashlib.sha256(), 0)
 
     def resume(self) -> ChunkSink:
         """Continue the file where it ends, hashing the bytes already there."""
         digest = hashlib.sha256()
-        stream = self.path.open("r+b")
+        stream = self.path.open("r+b", buffering=0)
         while chunk := stream.read(CHUNK_BYTES):
             digest.update(chunk)
         return ChunkSink(stream, digest, stream.tell())
