@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import zooload
 from support.builders import cache_files, make_tar
 from zooload.archive import (
     ArchiveKind,
     ExtractionLimits,
+    StagedTree,
     extract_to_cache,
     sniff_archive,
 )
@@ -129,7 +131,7 @@ def test_sniff_archive_damaged_gzip_raises(tmp_path: Path) -> None:
 def test_extract_to_cache_extracts_once(tmp_path: Path) -> None:
     cache = Cache.open(tmp_path / "cache")
     archive = _write(tmp_path, "model.tar.gz", make_tar(MEMBERS))
-    seen: list[Path] = []
+    seen: list[StagedTree] = []
 
     tree = extract_to_cache(archive, DIGEST, cache, validate=seen.append)
     # Without its archive, a second call can only answer from the tree.
@@ -165,8 +167,8 @@ def test_extract_to_cache_validate_raising_leaves_nothing(tmp_path: Path) -> Non
     archive = _write(tmp_path, "model.tar.gz", make_tar(MEMBERS))
     looked_at: list[list[str]] = []
 
-    def refuse(folder: Path) -> None:
-        looked_at.append(sorted(p.name for p in folder.iterdir()))
+    def refuse(staged: StagedTree) -> None:
+        looked_at.append(sorted(p.name for p in staged.folder.iterdir()))
         message = "not this one"
         raise RefusedError(message)
 
@@ -475,7 +477,7 @@ def test_extract_to_cache_reuses_a_tree_published_while_waiting(
     cache = RivalCache(
         root, rival=lambda: extract_to_cache(theirs, DIGEST, Cache.open(root))
     )
-    validated: list[Path] = []
+    validated: list[StagedTree] = []
 
     tree = extract_to_cache(ours, DIGEST, cache, validate=validated.append)
 
@@ -563,3 +565,50 @@ def test_extract_to_cache_decodes_tar_gz_with_isal_or_zlib(
 
     assert (tree / "w.bin").read_bytes() == payload
     assert ("decoding m.tar.gz with isal" in caplog.text) == (decoder == "isal")
+
+
+def _tar_zst(members: dict[str, bytes]) -> bytes:
+    from backports import zstd
+
+    return zstd.compress(make_tar(members, mode="w"), level=3)
+
+
+def test_extract_to_cache_decodes_tar_zst_of_several_frames(tmp_path: Path) -> None:
+    from backports import zstd
+
+    plain = make_tar(MEMBERS, mode="w")
+    middle = len(plain) // 2
+    # Two frames back to back, as a parallel compressor may write them.
+    frames = zstd.compress(plain[:middle]) + zstd.compress(plain[middle:])
+    archive = _write(tmp_path, "model.tar.zst", frames)
+
+    tree = extract_to_cache(archive, DIGEST, Cache.open(tmp_path / "cache"))
+
+    assert (tree / "weights" / "w.bin").read_bytes() == b"\x00\x01\x02"
+    assert sniff_archive(archive) is ArchiveKind.TAR
+
+
+def test_extract_to_cache_cut_tar_zst_is_truncated(tmp_path: Path) -> None:
+    data = _tar_zst({"w.bin": random.Random(1).randbytes(200_000)})
+    archive = _write(tmp_path, "cut.tar.zst", data[: len(data) // 2])
+    cache = Cache.open(tmp_path / "cache")
+
+    with pytest.raises(ArchiveError, match=r"cut\.tar\.zst is truncated or corrupt"):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []
+
+
+def test_extract_to_cache_without_zstd_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zooload.archive as archive_module
+
+    monkeypatch.setattr(archive_module, "zstd_module", lambda: None)
+    archive = _write(tmp_path, "m.tar.zst", _tar_zst(MEMBERS))
+    cache = Cache.open(tmp_path / "cache")
+
+    with pytest.raises(zooload.ConfigError, match=r"install zooload\[fast\]"):
+        extract_to_cache(archive, DIGEST, cache)
+
+    assert cache_files(cache.root) == []

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from zooload import partials
-from zooload.partials import MAX_PENDING_BYTES, ChunkSink
+from zooload.fanout import MAX_PENDING_BYTES
+from zooload.partials import ChunkSink
 
 
 def test_chunk_sink_writes_and_hashes_blocks_in_order(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import tarfile
 from pathlib import Path
@@ -110,3 +111,30 @@ def test_load_url_reads_an_archive_wrapped_in_one_top_folder(tmp_path: Path) -> 
     )
     assert (tree / "model" / "zooload.json").is_file()
     assert loaded.weight.shape == (1, 2)
+
+
+def test_pack_tar_zst_loads_and_is_reproducible(tmp_path: Path) -> None:
+    zooload.register("test-pack-linear-zst")(
+        lambda: torch.nn.Linear(2, 1)  # noqa: PLW0108 -- a factory of its own
+    )
+    first = zooload.pack(WEIGHTS, tmp_path / "a.tar.zst", arch="test-pack-linear-zst")
+    second = zooload.pack(WEIGHTS, tmp_path / "b.tzst", arch="test-pack-linear-zst")
+
+    model = zooload.load_url(first, cache_dir=tmp_path / "cache")
+
+    assert first.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    assert first.read_bytes() == second.read_bytes()
+    assert torch.equal(model.weight, WEIGHTS["weight"])
+
+
+def test_pack_tar_zst_without_zstd_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # zooload.pack is also the name of the function the package exports.
+    pack_module = importlib.import_module("zooload.pack")
+    monkeypatch.setattr(pack_module, "zstd_module", lambda: None)
+
+    with pytest.raises(ConfigError, match=r"install zooload\[fast\].*or pack to \.zip"):
+        zooload.pack(WEIGHTS, tmp_path / "m.tar.zst", arch="test-pack-linear")
+
+    assert list(tmp_path.iterdir()) == []

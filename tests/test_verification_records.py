@@ -9,6 +9,7 @@ import pytest
 
 import zooload
 import zooload.fetching
+import zooload.unpacking
 from support.builders import sha256_of
 from zooload.errors import ConfigError, HashMismatchError
 
@@ -23,7 +24,9 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(path)
         return original(path)
 
+    # Local archives are hashed by the unpacker, beside their extraction.
     monkeypatch.setattr(zooload.fetching, "file_digest", counting)
+    monkeypatch.setattr(zooload.unpacking, "file_digest", counting)
     return calls
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from zooload.errors import ManifestError, StateDictError, VerificationError
 from zooload.formats import safetensors_file
+from zooload.formats.common import WeightsSource
 from zooload.manifest import ExamplesSpec
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def check_materialised(model: nn.Module) -> None:
 
 
 def check_examples(
-    model: nn.Module, examples_path: Path, spec: ExamplesSpec
+    model: nn.Module, examples_path: WeightsSource, spec: ExamplesSpec
 ) -> ExampleResult:
     """Run ``model`` on the example inputs and compare with the expected outputs.
 
@@ -60,7 +60,8 @@ def check_examples(
     model
         The loaded model, in eval mode.
     examples_path
-        The safetensors file with the inputs and outputs.
+        The safetensors file with the inputs and outputs (a file, or a
+        region of the archive that stores it).
     spec
         The manifest's examples entry: tensor names and tolerances.
 

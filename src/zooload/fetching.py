@@ -29,7 +29,7 @@ from zooload.errors import (
     NotCachedError,
 )
 from zooload.hashing import file_digest, normalize_digest, verify_file
-from zooload.partials import PartialDownload
+from zooload.partials import PartialDownload, TapFactory
 from zooload.retries import with_retries
 from zooload.settings import (
     OFFLINE_ENV,
@@ -39,6 +39,7 @@ from zooload.settings import (
     resolve_options,
 )
 from zooload.sources import TRANSPORTS, Transfer, Transport
+from zooload.unpacking import Unpacker, Unpacking, UnpackTap
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,16 @@ class Blob:
     """Verified bytes on disk, with their digest and where they came from.
 
     A local folder is a blob too, read in place; its ``sha256`` is empty.
+    ``unpacked`` is the tree staged while the bytes were read, when an
+    :class:`~zooload.unpacking.Unpacker` was given and the bytes were read
+    at all (a cache hit reads nothing).
     """
 
     path: Path
     sha256: str
     url: str
     in_cache: bool
+    unpacked: Unpacking | None = None
 
 
 def parse_location(url: str | os.PathLike[str], sha256: str | None = None) -> Location:
@@ -143,6 +148,7 @@ def fetch_blob(
     *,
     progress: bool | None = None,
     options: FetchOptions | None = None,
+    unpacker: Unpacker | None = None,
 ) -> Blob:
     """Return verified bytes for ``location``, downloading into ``cache`` if needed.
 
@@ -158,6 +164,9 @@ def fetch_blob(
     options
         Offline mode, mirrors, headers, retries and progress; ``None`` reads
         them from the environment (:func:`~zooload.settings.resolve_options`).
+    unpacker
+        Stage an archive's tree while its bytes are downloaded or hashed
+        (:mod:`zooload.unpacking`); the result is ``Blob.unpacked``.
 
     Returns
     -------
@@ -185,7 +194,7 @@ def fetch_blob(
     options = options or resolve_options(progress=progress)
     location, options = _credentials_to_header(location, options)
     if location.is_local:
-        return _read_local(location, cache, options.verify)
+        return _read_local(location, cache, options.verify, unpacker)
     _check_pin_policy(location, options)
     if location.sha256 and cache.has_blob(location.sha256):
         logger.debug("cache hit for pinned %s", location.url)
@@ -196,7 +205,7 @@ def fetch_blob(
         return _offline_blob(location, cache)
     waiting_since = now()
     with cache.locked(location.url):
-        return _download(location, cache, options, waiting_since)
+        return _download(location, cache, options, waiting_since, unpacker)
 
 
 def _credentials_to_header(
@@ -231,7 +240,9 @@ def _check_pin_policy(location: Location, options: FetchOptions) -> None:
         raise ConfigError(message)
 
 
-def _read_local(location: Location, cache: Cache, verify: Verification) -> Blob:
+def _read_local(
+    location: Location, cache: Cache, verify: Verification, unpacker: Unpacker | None
+) -> Blob:
     path = _local_path(location)
     if path.is_dir():
         if location.sha256:
@@ -241,26 +252,41 @@ def _read_local(location: Location, cache: Cache, verify: Verification) -> Blob:
     if not path.is_file():
         message = f"{path} does not exist; check the path."
         raise DownloadError(message, location.url)
-    digest = _local_digest(path, cache, verify)
+    digest, unpacked = _local_digest(path, cache, verify, unpacker, location.url)
     if location.sha256 and digest != location.sha256:
+        if unpacked is not None:
+            unpacked.discard()
         hint = "Check that the pinned hash belongs to this file."
         raise HashMismatchError(str(path), location.sha256, digest, hint)
-    return Blob(path=path, sha256=digest, url=location.url, in_cache=False)
+    return Blob(path, digest, location.url, in_cache=False, unpacked=unpacked)
 
 
-def _local_digest(path: Path, cache: Cache, verify: Verification) -> str:
-    """The file's digest: recorded, if size and mtime are unchanged, or hashed."""
-    if verify is Verification.RECORDED:
-        recorded = cache.recorded_digest(path)
-        if recorded is not None:
-            logger.debug("%s unchanged since it was hashed; not hashing again", path)
-            return recorded
+def _local_digest(
+    path: Path,
+    cache: Cache,
+    verify: Verification,
+    unpacker: Unpacker | None,
+    url: str,
+) -> tuple[str, Unpacking | None]:
+    """The file's digest: recorded, if size and mtime are unchanged, or hashed.
+
+    A file that is hashed is also unpacked meanwhile, when asked for and
+    its last known tree is gone.
+    """
+    recorded = cache.recorded_digest(path)
+    if verify is Verification.RECORDED and recorded is not None:
+        logger.debug("%s unchanged since it was hashed; not hashing again", path)
+        return recorded, None
     # The status is taken before hashing: a write during the hashing then
     # leaves a record that no longer matches, never a stale one that does.
     status = path.stat()
-    digest = file_digest(path)
+    has_tree = recorded is not None and cache.tree_path(recorded).is_dir()
+    if unpacker is not None and not has_tree:
+        digest, unpacked = unpacker.scan_file(path, source=url)
+    else:
+        digest, unpacked = file_digest(path), None
     cache.record_digest(path, digest, status.st_size, status.st_mtime_ns)
-    return digest
+    return digest, unpacked
 
 
 def _recheck_blob(cache: Cache, sha256: str) -> None:
@@ -299,7 +325,11 @@ def _offline_blob(location: Location, cache: Cache) -> Blob:
 
 
 def _download(
-    location: Location, cache: Cache, options: FetchOptions, waiting_since: float
+    location: Location,
+    cache: Cache,
+    options: FetchOptions,
+    waiting_since: float,
+    unpacker: Unpacker | None,
 ) -> Blob:
     # Another process may have finished the same download while this one
     # waited for the lock: its result is used without a request of our own.
@@ -314,7 +344,7 @@ def _download(
         # and an offline laptop should not wait out a backoff on every load.
         options = replace(options, retry=replace(options.retry, attempts=1))
     try:
-        return _from_candidates(location, cache, known, options)
+        return _from_candidates(location, cache, known, options, unpacker)
     except DownloadError as err:
         if known is None or not err.retryable:
             raise
@@ -328,32 +358,46 @@ def _download(
 
 
 def _from_candidates(
-    location: Location, cache: Cache, known: UrlRecord | None, options: FetchOptions
+    location: Location,
+    cache: Cache,
+    known: UrlRecord | None,
+    options: FetchOptions,
+    unpacker: Unpacker | None,
 ) -> Blob:
     """Try each mirror in order, then the URL itself; the pin judges the bytes."""
     *mirrors, original = options.candidates(location.url)
     for mirror in mirrors:
         _transport_for(mirror)
+    attempt = _Attempt(location, cache, known, options, unpacker)
     for mirror in mirrors:
         try:
-            return _from_source(mirror, location, cache, known, options)
+            return _from_source(mirror, attempt)
         except (DownloadError, HashMismatchError) as err:
             logger.warning("mirror %s failed (%s); trying the next source", mirror, err)
-    return _from_source(original, location, cache, known, options)
+    return _from_source(original, attempt)
 
 
-def _from_source(
-    source: str,
-    location: Location,
-    cache: Cache,
-    known: UrlRecord | None,
-    options: FetchOptions,
-) -> Blob:
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What every source tried for one location shares."""
+
+    location: Location
+    cache: Cache
+    known: UrlRecord | None
+    options: FetchOptions
+    unpacker: Unpacker | None
+
+
+def _from_source(source: str, attempt: _Attempt) -> Blob:
+    location, cache, options = attempt.location, attempt.cache, attempt.options
+    known = attempt.known
     if known and known.source not in (None, source):
         # Validators belong to the server that issued them.
         known = None
     started = time.perf_counter()
-    with PartialDownload.open(cache, source) as partial:
+    taps: list[UnpackTap] = []
+    factory = _tap_factory(attempt.unpacker, source, taps)
+    with PartialDownload.open(cache, source, tap_factory=factory) as partial:
         transfer = _transfer(source, partial, known, options)
         if transfer.not_modified and known:
             cache.write_record(replace(known, fetched_at=now()))
@@ -371,7 +415,24 @@ def _from_source(
     )
     cache.write_record(record)
     _log_download(source, transfer, time.perf_counter() - started, path)
-    return Blob(path, transfer.sha256, location.url, in_cache=True)
+    unpacked = taps[-1].outcome() if taps else None
+    return Blob(path, transfer.sha256, location.url, True, unpacked)
+
+
+def _tap_factory(
+    unpacker: Unpacker | None, source: str, made: list[UnpackTap]
+) -> TapFactory | None:
+    """Make each transfer's unpacking tap, keeping the taps in ``made``."""
+    if unpacker is None:
+        return None
+
+    def new_tap(total: int | None) -> UnpackTap | None:
+        tap = unpacker.tap(source, total)
+        if tap is not None:
+            made.append(tap)
+        return tap
+
+    return new_tap
 
 
 def _transfer(

@@ -8,6 +8,7 @@ content-addressed cache fit together.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from pathlib import Path
 
@@ -62,10 +63,52 @@ def file_digest(path: Path) -> str:
     ...     file_digest(path)[:16]
     'ba7816bf8f01cfea'
     """
+    with path.open("rb", buffering=0) as stream:
+        return _digest_of(stream, None)
+
+
+def span_digest(path: Path, offset: int, size: int) -> str:
+    """Return the sha256 hex digest of ``size`` bytes of a file from ``offset``.
+
+    Raises
+    ------
+    EOFError
+        When the file ends before the span does.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "x")
+    ...     _ = path.write_bytes(b"--abc--")
+    ...     span_digest(path, 2, 3) == hashlib.sha256(b"abc").hexdigest()
+    True
+    """
+    with path.open("rb", buffering=0) as stream:
+        stream.seek(offset)
+        return _digest_of(stream, size)
+
+
+def _digest_of(stream: io.RawIOBase, size: int | None) -> str:
+    """Hash what ``stream`` holds (``size`` bytes of it, or all), in place.
+
+    One buffer is read into again and again: a fresh 1 MiB buffer per read
+    would cost a page fault per 4 KiB, slower than the hashing itself.
+    """
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
+    buffer = memoryview(bytearray(CHUNK_BYTES))
+    left = size
+    while left is None or left > 0:
+        wanted = CHUNK_BYTES if left is None else min(CHUNK_BYTES, left)
+        count = stream.readinto(buffer[:wanted])
+        if not count:
+            break
+        digest.update(buffer[:count])
+        if left is not None:
+            left -= count
+    if left:
+        message = f"the file ended {left} bytes before the end of the span"
+        raise EOFError(message)
     return digest.hexdigest()
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zooload.formats import Checkpoint, PickleTrust, read_checkpoint
+from zooload.formats.common import shown_path
 from zooload.manifest import Manifest, describe
 from zooload.report import collapse_names
 from zooload.retrieval import PathOrUrl, fetch
@@ -175,7 +176,7 @@ def _file_info(checkpoint: Checkpoint, key: str | None) -> FileInfo:
         () if not unwrapped.key else tuple(describe_structure(checkpoint.content))
     )
     return FileInfo(
-        checkpoint.path,
+        shown_path(checkpoint.path),
         checkpoint.format.value,
         unwrapped.key,
         structure,
@@ -192,7 +193,7 @@ def _undecided_file_info(checkpoint: Checkpoint, candidates: list[str]) -> FileI
         for key in candidates
     )
     return FileInfo(
-        checkpoint.path,
+        shown_path(checkpoint.path),
         checkpoint.format.value,
         "",
         tuple(describe_structure(checkpoint.content)),

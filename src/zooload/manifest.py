@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zooload.errors import FormatError, ManifestError
+from zooload.errors import FormatError, HashMismatchError, ManifestError
 from zooload.formats import CheckpointFormat, sniff_format
+from zooload.formats.common import WeightsSource, shown_path
 from zooload.hashing import verify_file
+from zooload.trees import TreeFiles
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +136,23 @@ class Manifest(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Description:
-    """What a fetched source holds: its root, weight files and manifest."""
+    """What a fetched source holds: its root, weight files and manifest.
+
+    A weight file may lie inside the archive the tree came from (a
+    :class:`~zooload.formats.common.FileRegion`); :meth:`file` finds any
+    other file the manifest names the same way.
+    """
 
     root: Path
-    weights: tuple[Path, ...]
+    weights: tuple[WeightsSource, ...]
     manifest: Manifest | None
+    files: TreeFiles | None = None
+
+    def file(self, relative: str) -> WeightsSource:
+        """The file at ``relative`` (a manifest path) under :attr:`root`."""
+        path = self.root / relative
+        located = self.files.locate(path) if self.files else None
+        return located or path
 
 
 def read_manifest(path: Path, *, source: str | None = None) -> Manifest:
@@ -203,11 +218,23 @@ def _manifest_error(source: str, err: ValidationError) -> ManifestError:
     return ManifestError(message, field=field)
 
 
-def verify_manifest_files(root: Path, *, source: str | None = None) -> None:
+def verify_manifest_files(
+    root: Path,
+    *,
+    source: str | None = None,
+    digests: Mapping[str, str] | None = None,
+    covered_by_pin: bool = False,
+) -> None:
     """Check that every file a folder's manifest names exists and hashes right.
 
     Does nothing for a folder without a manifest. ``source`` names the
     archive in messages (its URL), since ``root`` may be a temporary folder.
+    ``digests`` are the sha256 of files computed while they were extracted,
+    by tree-relative name; those files are not read again. A file that
+    stays in its archive (:mod:`zooload.trees`) is covered by the archive's
+    own digest once it has been checked here at extraction. With
+    ``covered_by_pin`` (the archive matched the caller's pin), only the
+    files' presence is checked: the pin covers their bytes.
 
     Raises
     ------
@@ -222,41 +249,49 @@ def verify_manifest_files(root: Path, *, source: str | None = None) -> None:
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     verify_manifest_files(pathlib.Path(folder))
     """
-    root = content_root(root)
-    manifest_path = root / MANIFEST_NAME
+    files = TreeFiles.open(root)
+    content = content_root(root)
+    manifest_path = content / MANIFEST_NAME
     if not manifest_path.is_file():
         return
     label = f"{MANIFEST_NAME} of {source}" if source else str(manifest_path)
     manifest = read_manifest(manifest_path, source=label)
     for index, spec in enumerate(manifest.files()):
-        path = root / spec.path
-        if not path.is_file():
-            field = (
-                "examples.path"
-                if spec is manifest.examples
-                else f"weights.{index}.path"
-            )
-            message = (
-                f"{label} names {spec.path!r} ({field}), but the archive has no "
-                "such file. Re-pack the model so that the file is included."
-            )
-            raise ManifestError(message, field=field)
-        verify_file(
-            path,
-            spec.sha256,
-            source=f"{spec.path} (named by {label})",
-            hint=_INCONSISTENT,
-        )
+        path = content / spec.path
+        name = path.relative_to(root).as_posix()
+        shown = f"{spec.path} (named by {label})"
+        known = (digests or {}).get(name)
+        present = path.is_file() or name in files.index.in_place
+        if not present:
+            raise _absent(manifest, spec, index, label)
+        if known is not None and known != spec.sha256:
+            raise HashMismatchError(shown, spec.sha256, known, _INCONSISTENT)
+        if known is None and path.is_file() and not covered_by_pin:
+            verify_file(path, spec.sha256, source=shown, hint=_INCONSISTENT)
     logger.debug("verified %d files named by %s", len(manifest.files()), manifest_path)
 
 
-def describe(root: Path) -> Description:
+def _absent(
+    manifest: Manifest, spec: FileSpec, index: int, label: str
+) -> ManifestError:
+    field = "examples.path" if spec is manifest.examples else f"weights.{index}.path"
+    message = (
+        f"{label} names {spec.path!r} ({field}), but the archive has no "
+        "such file. Re-pack the model so that the file is included."
+    )
+    return ManifestError(message, field=field)
+
+
+def describe(root: Path, *, archive: Path | None = None) -> Description:
     """Find the manifest and the weight files of a fetched source.
 
     Parameters
     ----------
     root
         A bare checkpoint file, or a folder (an extracted archive).
+    archive
+        The archive ``root`` was extracted from, where files that stay in
+        it are read (see :mod:`zooload.trees`).
 
     Returns
     -------
@@ -279,15 +314,18 @@ def describe(root: Path) -> Description:
     """
     if root.is_file():
         return Description(root=root.parent, weights=(root,), manifest=None)
-    root = content_root(root)
-    manifest_path = root / MANIFEST_NAME
+    files = TreeFiles.open(root, archive)
+    content = content_root(root)
+    manifest_path = content / MANIFEST_NAME
     if manifest_path.is_file():
         manifest = read_manifest(manifest_path)
-        weights = tuple(root / spec.path for spec in manifest.weights)
-        return Description(root=root, weights=weights, manifest=manifest)
-    return Description(
-        root=root, weights=(_weights_without_manifest(root),), manifest=None
-    )
+        weights = tuple(
+            files.locate(content / spec.path) or content / spec.path
+            for spec in manifest.weights
+        )
+        return Description(content, weights, manifest, files)
+    weights = (_weights_without_manifest(content, files),)
+    return Description(content, weights, None, files)
 
 
 def content_root(root: Path) -> Path:
@@ -306,22 +344,25 @@ def content_root(root: Path) -> Path:
     ...     content_root(pathlib.Path(folder)) == inner
     True
     """
-    entries = list(root.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
-        return entries[0]
+    names = TreeFiles.open(root).top_level(root)
+    only = root / names[0] if len(names) == 1 else None
+    if only is not None and only.is_dir() and not only.is_symlink():
+        return only
     return root
 
 
-def _weights_without_manifest(root: Path) -> Path:
+def _weights_without_manifest(root: Path, files: TreeFiles) -> WeightsSource:
     """The one checkpoint (or shard index) in a folder that has no manifest."""
-    files = sorted(path for path in root.rglob("*") if path.is_file())
-    formats = {path: _format_or_none(path) for path in files}
+    found = files.below(root)
+    formats = {source: _format_or_none(source) for source in found}
     indexes = [p for p, f in formats.items() if f is CheckpointFormat.SHARDED_INDEX]
     candidates = indexes or [p for p, f in formats.items() if f is not None]
     if len(candidates) == 1:
         return candidates[0]
-    shown = candidates or files
-    names = ", ".join(str(p.relative_to(root)) for p in shown[:10]) or "none"
+    shown = candidates or found
+    names = (
+        ", ".join(str(shown_path(p).relative_to(root)) for p in shown[:10]) or "none"
+    )
     kind = "checkpoint files" if candidates else "files, none of them a checkpoint"
     message = (
         f"{root} has no {MANIFEST_NAME} and {len(shown)} {kind} ({names}); "
@@ -331,8 +372,8 @@ def _weights_without_manifest(root: Path) -> Path:
     raise ManifestError(message, field="(manifest)")
 
 
-def _format_or_none(path: Path) -> CheckpointFormat | None:
+def _format_or_none(source: WeightsSource) -> CheckpointFormat | None:
     try:
-        return sniff_format(path)
+        return sniff_format(source)
     except FormatError:
         return None

@@ -7,10 +7,12 @@ destination and renamed into place, so a failed pack leaves no half archive.
 
 The layout is chosen for loading speed (see "Archives that load fast" in
 ``docs/CACHE.md``): tensor data is 64-byte aligned in the safetensors files,
-and a ``.zip`` stores the weights uncompressed (they barely compress, and
-inflating them is the slowest step of a load) while it deflates the small
-files. A ``.tar`` is not compressed at all; a ``.tar.gz`` is, because its
-name says so.
+and a ``.zip`` stores the weights uncompressed, at a 64-byte aligned offset
+(they barely compress, and stored they are read in place from the archive)
+while it deflates the small files. A ``.tar`` is not compressed at all and
+is read in place too. A ``.tar.zst`` and a ``.tar.gz`` are compressed,
+because their names say so; zstd decodes about three times as fast as
+gzip.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tarfile
 import tempfile
 import zipfile
@@ -35,9 +38,10 @@ from zooload.architectures import (
     build_without_parameters,
     resolve_architecture,
 )
+from zooload.archive import zstd_module
 from zooload.conversion import storable
 from zooload.errors import ConfigError, UnknownArchitectureError
-from zooload.formats.safetensors_file import write_aligned
+from zooload.formats.safetensors_file import ALIGNMENT_BYTES, write_aligned
 from zooload.hashing import file_digest
 from zooload.loading import load_into
 from zooload.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest
@@ -48,6 +52,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "weights.safetensors"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 EXAMPLES_NAME = "examples.safetensors"
+ZSTD_LEVEL = 3
+GZIP_LEVEL = 6
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 
 
@@ -70,10 +76,12 @@ def pack(
         A module, or a state dict (keys as the checkpoint has them; ``rename``
         maps them onto the architecture at load time).
     dest
-        ``*.zip`` (weights stored, other files deflated), ``*.tar``, or
-        ``*.tar.gz``/``*.tgz`` for an archive, any other path for a folder.
-        A ``.zip`` or ``.tar`` loads fastest; gzip decompresses at a fraction
-        of disk speed and saves little on weights.
+        ``*.zip`` (weights stored, other files deflated), ``*.tar``,
+        ``*.tar.zst``/``*.tzst`` or ``*.tar.gz``/``*.tgz`` for an archive,
+        any other path for a folder. A ``.zip`` or ``.tar`` loads fastest:
+        the weights are mapped from the archive without a copy. Compression
+        saves under 10 % on weights, and decoding costs time on every first
+        load (zstd about 1 GB/s, gzip about 0.35 GB/s here).
     arch
         The registered architecture name to record in the manifest.
     arch_kwargs
@@ -97,8 +105,9 @@ def pack(
     Raises
     ------
     ConfigError
-        When the destination exists, or the arguments do not form a valid
-        manifest.
+        When the destination exists, the arguments do not form a valid
+        manifest, or a ``.tar.zst`` is asked for and no zstd module is
+        installed.
     IncompatibleStateDictError
         When example outputs are asked for and the state dict does not fit
         the architecture.
@@ -264,7 +273,9 @@ def _write_tar_gz(folder: Path, archive: Path) -> None:
     # same weights pack to the same bytes, so that publishers can pin them.
     with (
         archive.open("wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as compressed,
+        gzip.GzipFile(
+            fileobj=raw, mode="wb", mtime=0, compresslevel=GZIP_LEVEL
+        ) as compressed,
         tarfile.open(fileobj=compressed, mode="w") as tar,
     ):
         _add_to_tar(tar, folder)
@@ -289,23 +300,62 @@ def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _write_tar_zst(folder: Path, archive: Path) -> None:
+    zstd = zstd_module()
+    if zstd is None:
+        message = (
+            f"cannot write {archive.name}: this Python has no zstd module; "
+            "install zooload[fast] (it brings backports.zstd), or pack to .zip."
+        )
+        raise ConfigError(message)
+    # One thread and a fixed level: the same weights pack to the same bytes.
+    with (
+        archive.open("wb") as raw,
+        zstd.ZstdFile(raw, mode="wb", level=ZSTD_LEVEL) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
+        _add_to_tar(tar, folder)
+
+
 def _write_zip(folder: Path, archive: Path) -> None:
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
         for path in sorted(folder.iterdir()):
             # Weights are stored: fp32 data deflates by a few percent only,
             # and inflating it would be the slowest step of every load.
+            # Stored, they are read in place from the zip, at an aligned
+            # offset.
             stored = path.name == WEIGHTS_NAME
-            method = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
             info = zipfile.ZipInfo(path.name, date_time=_ZIP_EPOCH)
             info.external_attr = 0o644 << 16
-            info.compress_type = method
+            info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+            info.file_size = path.stat().st_size
+            if stored:
+                info.extra = _alignment_extra(
+                    zipped.fp.tell() if zipped.fp else 0, info
+                )
             with path.open("rb") as source, zipped.open(info, "w") as sink:
                 shutil.copyfileobj(source, sink, 1 << 20)
+
+
+def _alignment_extra(header_offset: int, info: zipfile.ZipInfo) -> bytes:
+    """An extra field that pads the member's data to a 64-byte boundary.
+
+    The data starts after the 30-byte local header, the name and the extra
+    fields (zipfile adds a 20-byte zip64 field for members near 4 GiB). The
+    padding field's ID, 0xD935, is the one Android's zipalign uses; readers
+    skip extra fields they do not know.
+    """
+    zip64 = 20 if info.file_size * 1.05 > zipfile.ZIP64_LIMIT else 0
+    before = header_offset + 30 + len(info.filename.encode()) + zip64 + 6
+    padding = -before % ALIGNMENT_BYTES
+    return struct.pack("<HHH", 0xD935, 2 + padding, ALIGNMENT_BYTES) + bytes(padding)
 
 
 _WRITERS: dict[str, Callable[[Path, Path], None]] = {
     ".tar.gz": _write_tar_gz,
     ".tgz": _write_tar_gz,
+    ".tar.zst": _write_tar_zst,
+    ".tzst": _write_tar_zst,
     ".tar": _write_tar,
     ".zip": _write_zip,
 }

@@ -18,21 +18,20 @@ import hashlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from zooload.cache import Cache
 from zooload.errors import DownloadError
+from zooload.fanout import Fanout, Pull
 from zooload.hashing import CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
 
 META_SUFFIX = ".json"
-MAX_PENDING_BYTES = 64 << 20
 SYNC_EVERY_BYTES = 128 << 20
 
 
@@ -45,28 +44,18 @@ class PartialMeta:
     total: int | None
 
 
-class _Lane:
-    """The chunks one consumer thread of a :class:`ChunkSink` has yet to take."""
-
-    def __init__(self, consume: Callable[[bytes], None]) -> None:
-        self.consume = consume
-        self.chunks: list[bytes] = []
-        self.pending_bytes = 0
-
-
 class ChunkSink:
     """Writes arriving chunks to a partial file and hashes them, in order.
 
-    The receiving thread only queues chunks. Two threads of the sink's own
-    take them: one writes them to the file, the other hashes them. File
-    writes and hashlib release the GIL on large buffers, so receiving,
-    writing and hashing overlap instead of taking turns. Every
-    :data:`SYNC_EVERY_BYTES` the writer flushes the file to disk, so that
-    the disk works while the transfer runs and the flush before publishing
-    has little left to do. Whatever has arrived reaches the file as soon as
-    the writer is free, so an interrupted transfer leaves it to resume. At
-    most :data:`MAX_PENDING_BYTES` wait in memory; beyond that the receiver
-    waits.
+    The receiving thread only queues chunks; a :class:`~zooload.fanout.Fanout`
+    writes them to the file in one thread and hashes them in another, so
+    that receiving, writing and hashing overlap instead of taking turns.
+    ``taps`` read the same bytes as a stream in threads of their own: an
+    archive is unpacked while it downloads (:mod:`zooload.unpacking`). Every
+    :data:`SYNC_EVERY_BYTES` the writer flushes the file to disk, so that the
+    disk works while the transfer runs and the flush before publishing has
+    little left to do. Whatever has arrived reaches the file as soon as the
+    writer is free, so an interrupted transfer leaves it to resume.
 
     Examples
     --------
@@ -78,40 +67,30 @@ class ChunkSink:
     7
     """
 
-    def __init__(self, stream: BinaryIO, digest: hashlib._Hash, size: int) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        digest: hashlib._Hash,
+        size: int,
+        *,
+        taps: Sequence[Pull] = (),
+    ) -> None:
         self._stream = stream
         self._digest = digest
         self.size = size
         self._unsynced = 0
-        self._closing = False
-        self._failure: OSError | None = None
-        self._ready = threading.Condition()
-        self._lanes = (_Lane(self._write_chunk), _Lane(digest.update))
-        self._threads = [
-            threading.Thread(
-                target=self._run, args=(lane,), name=f"zooload-sink-{n}", daemon=True
-            )
-            for n, lane in enumerate(self._lanes)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._fanout = Fanout(
+            push=[self._write_chunk, digest.update], pull=taps, name="zooload-sink"
+        )
 
     def write(self, chunk: bytes) -> None:
         """Take ``chunk``; it reaches the file and the digest in order."""
-        self._raise_failure()
-        with self._ready:
-            while max(lane.pending_bytes for lane in self._lanes) >= MAX_PENDING_BYTES:
-                self._ready.wait()
-            for lane in self._lanes:
-                lane.chunks.append(chunk)
-                lane.pending_bytes += len(chunk)
-            self._ready.notify_all()
+        self._fanout.put(chunk)
         self.size += len(chunk)
 
     def finish(self) -> str:
         """Flush the bytes to disk, close the file, return the hex digest."""
-        self._stop_threads()
-        self._raise_failure()
+        self._fanout.close()
         # Flushed to disk before the file is renamed into the cache, so that
         # a crash cannot leave a published blob with missing bytes; the cost
         # is measured in docs/CACHE.md.
@@ -120,48 +99,13 @@ class ChunkSink:
         self._stream.close()
         return self._digest.hexdigest()
 
-    def _run(self, lane: _Lane) -> None:
-        """Hand ``lane`` its chunks, everything queued so far at a time."""
-        while True:
-            with self._ready:
-                while not lane.chunks and not self._closing:
-                    self._ready.wait()
-                chunks, lane.chunks = lane.chunks, []
-            if not chunks:
-                return
-            for chunk in chunks:
-                lane.consume(chunk)
-                # Chunk by chunk, so that the receiver goes on while this
-                # lane is still busy with the rest of what it took.
-                with self._ready:
-                    lane.pending_bytes -= len(chunk)
-                    self._ready.notify_all()
-
     def _write_chunk(self, chunk: bytes) -> None:
-        if self._failure is not None:
-            # Keep taking chunks, so that the receiver never waits on a full
-            # queue; it raises the failure at its next write.
-            return
-        try:
-            _write_all(self._stream, chunk)
-            self._unsynced += len(chunk)
-            if self._unsynced >= SYNC_EVERY_BYTES:
-                self._stream.flush()
-                _flush_data(self._stream.fileno())
-                self._unsynced = 0
-        except OSError as err:
-            self._failure = err
-
-    def _stop_threads(self) -> None:
-        with self._ready:
-            self._closing = True
-            self._ready.notify_all()
-        for thread in self._threads:
-            thread.join()
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        _write_all(self._stream, chunk)
+        self._unsynced += len(chunk)
+        if self._unsynced >= SYNC_EVERY_BYTES:
+            self._stream.flush()
+            _flush_data(self._stream.fileno())
+            self._unsynced = 0
 
     def __enter__(self) -> ChunkSink:
         return self
@@ -172,8 +116,9 @@ class ChunkSink:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        # Bytes received so far reach the file, to be resumed.
-        self._stop_threads()
+        # Bytes received so far reach the file, to be resumed; a failure of
+        # the sink's own threads was raised already, or is masked by ``exc``.
+        self._fanout.close(quiet=True)
         self._stream.close()
 
 
@@ -191,25 +136,54 @@ def _flush_data(descriptor: int) -> None:
     flush(descriptor)
 
 
+class Tap(Protocol):
+    """Reads a download's bytes as a stream while they arrive.
+
+    :class:`zooload.unpacking.UnpackTap` is one: it unpacks an archive
+    during its download.
+    """
+
+    def read(self, stream: BinaryIO) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+TapFactory = Callable[[int | None], "Tap | None"]
+"""Makes the tap of a transfer from zero, given its announced size."""
+
+
 class PartialDownload:
     """The partial file of one download of ``url``, owned by this call.
 
     Use it as a context manager: leaving the block with a retryable
     :class:`DownloadError` or an interrupt releases the bytes for a later
     resume; any other error discards them, and so does success unless
-    :meth:`publish` took them.
+    :meth:`publish` took them. A transfer from zero gets a tap from
+    ``tap_factory``; a resumed one gets none, since the tap would have to
+    read the kept bytes again. What an abandoned attempt's tap made is
+    discarded with the attempt.
     """
 
     def __init__(
-        self, cache: Cache, url: str, path: Path, meta: PartialMeta | None
+        self,
+        cache: Cache,
+        url: str,
+        path: Path,
+        meta: PartialMeta | None,
+        *,
+        tap_factory: TapFactory | None = None,
     ) -> None:
         self.cache = cache
         self.url = url
         self.path = path
         self.meta = meta
+        self.tap_factory = tap_factory
+        self._tap: Tap | None = None
 
     @classmethod
-    def open(cls, cache: Cache, url: str) -> PartialDownload:
+    def open(
+        cls, cache: Cache, url: str, *, tap_factory: TapFactory | None = None
+    ) -> PartialDownload:
         """Take over an abandoned partial download of ``url``, or start afresh."""
         kind = _kind(url)
         for path in cache.abandoned_partials(kind):
@@ -218,10 +192,12 @@ class PartialDownload:
             claimed = _claim(cache, path, kind)
             if claimed is not None and claimed.url == url:
                 logger.debug("resuming %s from %d bytes", url, claimed.offset)
+                claimed.tap_factory = tap_factory
                 return claimed
             if claimed is not None:
                 claimed.discard()
-        return cls(cache, url, cache.new_partial_path(kind), None)
+        path = cache.new_partial_path(kind)
+        return cls(cache, url, path, None, tap_factory=tap_factory)
 
     @property
     def offset(self) -> int:
@@ -240,12 +216,17 @@ class PartialDownload:
         """Start the file from zero for the version named by ``validator``."""
         self.meta = PartialMeta(self.url, validator, total)
         _meta_path(self.path).write_text(json.dumps(asdict(self.meta)))
+        self._drop_tap()
+        self._tap = self.tap_factory(total) if self.tap_factory else None
+        taps = [self._tap.read] if self._tap else []
         # Unbuffered: chunks go to the file whole, at the offsets they arrive
         # at, rather than split at a buffer's edge into two writes.
-        return ChunkSink(self.path.open("wb", buffering=0), hashlib.sha256(), 0)
+        stream = self.path.open("wb", buffering=0)
+        return ChunkSink(stream, hashlib.sha256(), 0, taps=taps)
 
     def resume(self) -> ChunkSink:
         """Continue the file where it ends, hashing the bytes already there."""
+        self._drop_tap()
         digest = hashlib.sha256()
         stream = self.path.open("r+b", buffering=0)
         while chunk := stream.read(CHUNK_BYTES):
@@ -257,16 +238,25 @@ class PartialDownload:
         _meta_path(self.path).unlink(missing_ok=True)
         published = self.cache.publish_blob(self.path, sha256)
         self.meta = None
+        # What the tap made now belongs to whoever made the tap.
+        self._tap = None
         return published
 
     def discard(self) -> None:
-        """Delete the bytes and their sidecar."""
+        """Delete the bytes, their sidecar and what the tap made of them."""
         self.path.unlink(missing_ok=True)
         _meta_path(self.path).unlink(missing_ok=True)
         self.meta = None
+        self._drop_tap()
+
+    def _drop_tap(self) -> None:
+        if self._tap is not None:
+            self._tap.discard()
+            self._tap = None
 
     def release(self) -> None:
         """Keep resumable bytes for whichever download of the URL comes next."""
+        self._drop_tap()
         if self.validator is None:
             self.discard()
             return

@@ -41,6 +41,7 @@ from zooload.formats import (
     StateDict,
     sniff_format,
 )
+from zooload.formats.common import shown_path
 from zooload.formats.torchscript import load_program
 from zooload.loading import LoadReport, ShapeMismatchPolicy, load_into, plan_load
 from zooload.manifest import Description, Manifest, describe
@@ -265,16 +266,17 @@ def load(
     )
     fetched = fetch_source(url, sha256, cache_dir, settings)
     with evicted_if_unusable(fetched):
-        description = describe(fetched.root)
+        description = describe(fetched.root, archive=fetched.archive)
         factory, kwargs = _architecture(
             description, arch, arch_kwargs, trust_code=trust_code
         )
     clock.lap("fetch")
     report: LoadReport | None = None
     if factory is None:
-        model: nn.Module = load_program(
-            description.weights[0], map_location=map_location
-        )
+        # A TorchScript program is always a file of its own: only
+        # safetensors files are read in place from an archive.
+        program = shown_path(description.weights[0])
+        model: nn.Module = load_program(program, map_location=map_location)
     else:
         trust = PickleTrust(trust_pickle, tuple(allow_globals))
         options = _WeightOptions(strict, key, trust, on_shape_mismatch)
@@ -460,4 +462,4 @@ def _check(
     examples = description.manifest.examples if description.manifest else None
     if not check or examples is None:
         return None
-    return check_examples(model, description.root / examples.path, examples)
+    return check_examples(model, description.file(examples.path), examples)

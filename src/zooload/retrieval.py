@@ -21,6 +21,7 @@ import torch
 from zooload.archive import (
     ArchiveKind,
     ExtractionLimits,
+    StagedTree,
     extract_to_cache,
     sniff_archive,
 )
@@ -38,7 +39,7 @@ from zooload.formats import (
     StateDict,
     read_state_dict,
 )
-from zooload.formats.common import NO_TRUST
+from zooload.formats.common import NO_TRUST, WeightsSource
 from zooload.manifest import describe, verify_manifest_files
 from zooload.retries import RetryPolicy
 from zooload.settings import (
@@ -48,6 +49,7 @@ from zooload.settings import (
     Verification,
     resolve_options,
 )
+from zooload.unpacking import Unpacker, finish_unpacking, materialise
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +145,11 @@ def fetch(
         progress=progress,
         verify=verify,
     )
-    return fetch_source(url, sha256, cache_dir, options, extract=extract).root
+    fetched = fetch_source(url, sha256, cache_dir, options, extract=extract)
+    if fetched.root != fetched.blob.path and fetched.blob.sha256:
+        # The caller gets the folder itself and may expect every file in it.
+        materialise(fetched.root, fetched.blob.path, fetched.cache, fetched.blob.sha256)
+    return fetched.root
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,11 @@ class Fetched:
     blob: Blob
     cache: Cache
     root: Path
+
+    @property
+    def archive(self) -> Path | None:
+        """The archive the root was extracted from, if it is a tree."""
+        return self.blob.path if self.root != self.blob.path else None
 
 
 def fetch_source(
@@ -165,31 +176,55 @@ def fetch_source(
 ) -> Fetched:
     location = parse_location(url, sha256)
     cache = Cache.open(cache_dir)
-    blob = fetch_blob(location, cache, options=options)
+    pinned = location.sha256 is not None
+    unpacker = Unpacker(cache, options.limits, pinned) if extract else None
+    blob = fetch_blob(location, cache, options=options, unpacker=unpacker)
     fetched = Fetched(blob, cache, blob.path)
     if not extract:
         return fetched
     with evicted_if_unusable(fetched):
-        return Fetched(blob, cache, _unpack(blob, cache, options))
+        return Fetched(blob, cache, _unpack(blob, cache, options, pinned=pinned))
 
 
-def _unpack(blob: Blob, cache: Cache, options: FetchOptions) -> Path:
+def _unpack(blob: Blob, cache: Cache, options: FetchOptions, *, pinned: bool) -> Path:
+    """The tree of an archive (staged while it was read, or extracted now).
+
+    Large stored weights stay in the archive and are read in place; see
+    :mod:`zooload.trees`. When the blob matched a pin, that pin covers them.
+    """
     if blob.path.is_dir():
         verify_manifest_files(blob.path)
         return blob.path
-    if sniff_archive(blob.path) is ArchiveKind.FILE:
-        return blob.path
     if options.verify is Verification.FULL:
         _drop_altered_tree(blob, cache)
-    limits = options.limits
-    validate = functools.partial(verify_manifest_files, source=blob.url)
+    validate = functools.partial(_check_staged, source=blob.url)
+    if blob.unpacked is not None:
+        tree = finish_unpacking(
+            blob.unpacked, blob.sha256, cache, validate=validate, source=blob.url
+        )
+        if tree is not None:
+            return tree
+    if sniff_archive(blob.path) is ArchiveKind.FILE:
+        return blob.path
     return extract_to_cache(
         blob.path,
         blob.sha256,
         cache,
         validate=validate,
-        limits=limits,
+        limits=options.limits,
         source=blob.url,
+        in_place=True,
+        covered_by_pin=pinned,
+    )
+
+
+def _check_staged(staged: StagedTree, *, source: str) -> None:
+    """The staged tree's files against its manifest, by their digests."""
+    verify_manifest_files(
+        staged.folder,
+        source=source,
+        digests=staged.digests,
+        covered_by_pin=staged.covered_by_pin,
     )
 
 
@@ -322,7 +357,7 @@ def load_state_dict(
     )
     fetched = fetch_source(source, sha256, cache_dir, settings)
     with evicted_if_unusable(fetched):
-        description = describe(fetched.root)
+        description = describe(fetched.root, archive=fetched.archive)
         return read_weights(
             description.weights,
             key=key,
@@ -332,7 +367,7 @@ def load_state_dict(
 
 
 def read_weights(
-    paths: tuple[Path, ...],
+    paths: tuple[WeightsSource, ...],
     *,
     key: str | None = None,
     map_location: str | torch.device = "cpu",

@@ -32,8 +32,10 @@ from zooload.formats.common import (
     DAMAGED_FILE_ERRORS,
     NO_TRUST,
     ContentReader,
+    FileRegion,
     PickleTrust,
     StateDict,
+    WeightsSource,
 )
 from zooload.unwrap import unwrap
 
@@ -73,7 +75,7 @@ class CheckpointFormat(str, enum.Enum):
 class Checkpoint:
     """What a checkpoint file holds, before any unwrapping."""
 
-    path: Path
+    path: WeightsSource
     format: CheckpointFormat
     content: Any
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -108,13 +110,14 @@ READERS: dict[CheckpointFormat, ContentReader] = {
 }
 
 
-def sniff_format(path: Path) -> CheckpointFormat:
+def sniff_format(path: WeightsSource) -> CheckpointFormat:
     """Name the checkpoint format of ``path`` from its content.
 
     Parameters
     ----------
     path
-        A file.
+        A file, or a region of an archive (which can only be safetensors:
+        only safetensors files are read in place).
 
     Returns
     -------
@@ -135,6 +138,8 @@ def sniff_format(path: Path) -> CheckpointFormat:
     ...     sniff_format(path).value
     'torch-zip'
     """
+    if isinstance(path, FileRegion):
+        return _region_format(path)
     with path.open("rb") as stream:
         head = stream.read(_HEAD_BYTES)
     if head.startswith(b"PK\x03\x04"):
@@ -148,8 +153,17 @@ def sniff_format(path: Path) -> CheckpointFormat:
     raise FormatError(str(path), _EXPECTED, describe_bytes(head), _next_step(head))
 
 
+def _region_format(region: FileRegion) -> CheckpointFormat:
+    with region.path.open("rb") as stream:
+        stream.seek(region.offset)
+        head = stream.read(min(_HEAD_BYTES, region.size))
+    if safetensors_file.looks_like_header(head, region.size):
+        return CheckpointFormat.SAFETENSORS
+    raise FormatError(str(region), _EXPECTED, describe_bytes(head), _next_step(head))
+
+
 def read_checkpoint(
-    path: Path,
+    path: WeightsSource,
     *,
     map_location: str | torch.device = "cpu",
     trust: PickleTrust = NO_TRUST,
@@ -190,7 +204,12 @@ def read_checkpoint(
     """
     checkpoint_format = sniff_format(path)
     logger.debug("reading %s as %s", path, checkpoint_format.value)
-    content = READERS[checkpoint_format](path, map_location=map_location, trust=trust)
+    if isinstance(path, FileRegion):
+        content = safetensors_file.read(path, map_location=map_location)
+    else:
+        content = READERS[checkpoint_format](
+            path, map_location=map_location, trust=trust
+        )
     metadata: Mapping[str, str] = {}
     if checkpoint_format is CheckpointFormat.SAFETENSORS:
         metadata = safetensors_file.header_metadata(path)
@@ -198,7 +217,7 @@ def read_checkpoint(
 
 
 def read_state_dict(
-    path: Path,
+    path: WeightsSource,
     *,
     key: str | None = None,
     map_location: str | torch.device = "cpu",

@@ -31,6 +31,39 @@ class PickleTrust:
 
 NO_TRUST = PickleTrust()
 
+
+@dataclass(frozen=True, slots=True)
+class FileRegion:
+    """A file that lies uncompressed inside an archive, read where it lies.
+
+    Its bytes are ``size`` bytes of ``path`` (the archive) from ``offset``.
+    ``shown_as`` is where the file would be in the archive's extracted tree;
+    messages name it by that path (see :mod:`zooload.trees`).
+    """
+
+    path: Path
+    offset: int
+    size: int
+    shown_as: Path
+
+    @property
+    def name(self) -> str:
+        """The file's own name, as a path's ``name``."""
+        return self.shown_as.name
+
+    def __str__(self) -> str:
+        return str(self.shown_as)
+
+
+WeightsSource = Path | FileRegion
+"""A checkpoint file on its own, or one lying inside an archive."""
+
+
+def shown_path(source: WeightsSource) -> Path:
+    """The path that names ``source`` in messages and reports."""
+    return source.shown_as if isinstance(source, FileRegion) else source
+
+
 DAMAGED_FILE_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     OSError,

@@ -3,9 +3,11 @@
 The reader maps the file privately (copy-on-write) and returns tensors that
 are views of the mapping: no byte is copied until someone writes to a
 tensor, and then only the pages written to are, so the file itself never
-changes. The header is checked by safetensors' own parser before any view is
-made. On the meta device only the header is read, which is how
-:func:`zooload.inspect` sizes up large files cheaply. Tied tensors that
+changes. A file stored uncompressed inside an archive is mapped where it
+lies, as a region of the archive. The header is checked against the
+format's rules (:func:`read_header`) before any view is made. On the meta
+device only the header is read, which is how :func:`zooload.inspect` sizes
+up large files cheaply. Tied tensors that
 :func:`zooload.convert` stored once come back under each of their names,
 from the aliases recorded in the metadata (:data:`ALIASES_KEY`).
 
@@ -19,17 +21,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import cast
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from zooload.errors import FormatError
-from zooload.formats.common import DAMAGED_FILE_ERRORS, NO_TRUST, PickleTrust, StateDict
+from zooload.formats.common import (
+    DAMAGED_FILE_ERRORS,
+    NO_TRUST,
+    FileRegion,
+    PickleTrust,
+    StateDict,
+    WeightsSource,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +48,21 @@ ALIASES_KEY = "zooload.aliases"
 _LENGTH = struct.Struct("<Q")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _HINT = "The file is truncated or damaged; download it again."
-_READ_ERRORS: tuple[type[Exception], ...] = (SafetensorError, *DAMAGED_FILE_ERRORS)
 
 
 def read(
-    path: Path, *, map_location: str | torch.device, trust: PickleTrust = NO_TRUST
+    path: WeightsSource,
+    *,
+    map_location: str | torch.device,
+    trust: PickleTrust = NO_TRUST,
 ) -> StateDict:
     """Map a safetensors file and return its tensors (no pickle is involved).
 
-    On the CPU the tensors are views of a private, copy-on-write mapping of
-    the file. On another device they are moved there one at a time, so the
-    mapping is the only copy on the host.
+    ``path`` is a file, or a :class:`~zooload.formats.common.FileRegion`
+    of an archive that stores the file uncompressed. On the CPU the tensors
+    are views of a private, copy-on-write mapping. On another device they
+    are moved there one at a time, so the mapping is the only copy on the
+    host. On the meta device only the header is read.
 
     Examples
     --------
@@ -62,29 +75,36 @@ def read(
     [1.0, 1.0]
     """
     device = torch.device(map_location)
+    header = read_header(path)
     if device.type == "meta":
-        return _with_aliases(_header_tensors(path), path)
+        tensors = {
+            e.name: torch.empty(e.shape, dtype=e.dtype, device="meta")
+            for e in header.entries
+        }
+        return _with_aliases(tensors, header, path)
     try:
-        tensors = _mapped_tensors(path)
-    except _READ_ERRORS as err:
+        tensors = _mapped_tensors(path, header)
+    except DAMAGED_FILE_ERRORS as err:
         raise _damaged(path, err) from err
     if device.type != "cpu":
         # One tensor at a time: the device never waits for a whole second
         # copy to be staged on the host.
         for name in list(tensors):
             tensors[name] = tensors[name].to(device)
-    return _with_aliases(tensors, path)
+    return _with_aliases(tensors, header, path)
 
 
-def _with_aliases(tensors: StateDict, path: Path) -> StateDict:
+def _with_aliases(
+    tensors: StateDict, header: _Header, source: WeightsSource
+) -> StateDict:
     """Add the alias names of tied tensors, each pointing at its stored tensor."""
     try:
-        aliases = json.loads(header_metadata(path).get(ALIASES_KEY, "{}"))
+        aliases = json.loads(header.metadata.get(ALIASES_KEY, "{}"))
         tied = {alias: tensors[stored] for alias, stored in aliases.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         seen = f"a file whose {ALIASES_KEY} metadata is damaged ({err!r})"
         raise FormatError(
-            str(path), "a readable safetensors file", seen, _HINT
+            str(source), "a readable safetensors file", seen, _HINT
         ) from err
     return {**tensors, **tied}
 
@@ -107,14 +127,14 @@ def looks_like_header(head: bytes, size: int) -> bool:
     return head[_LENGTH.size : _LENGTH.size + 1] == b"{"
 
 
-def _damaged(path: Path, err: Exception) -> FormatError:
+def _damaged(source: WeightsSource, err: Exception | str) -> FormatError:
     seen = f"a damaged safetensors file ({err})"
-    return FormatError(str(path), "a readable safetensors file", seen, _HINT)
+    return FormatError(str(source), "a readable safetensors file", seen, _HINT)
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """Where one tensor lies in the file, and what it is."""
+    """Where one tensor lies, relative to the start of the data, and what it is."""
 
     name: str
     dtype: torch.dtype
@@ -123,49 +143,132 @@ class _Entry:
     end: int
 
 
-def _mapped_tensors(path: Path) -> StateDict:
-    """Views of a private mapping of ``path``, one per header entry."""
-    with safe_open(path, framework="pt"):
-        # safetensors' parser checks the header: offsets in bounds, without
-        # holes or overlaps, sizes that fit the shapes and dtypes.
-        pass
-    size = path.stat().st_size
-    with path.open("rb") as stream:
-        entries, data_start = _layout(stream)
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """A checked header: its tensors, its metadata, where its data starts."""
+
+    entries: tuple[_Entry, ...]
+    metadata: Mapping[str, str]
+    data_start: int
+
+
+def read_header(source: WeightsSource) -> _Header:
+    """Read and check the header of a safetensors file or region.
+
+    The checks are the format's own rules: a JSON object after the length,
+    known dtypes, offsets that cover the data exactly, without holes or
+    overlaps, and sizes that fit the shapes; nothing is mapped before they
+    pass.
+
+    Raises
+    ------
+    FormatError
+        When the header breaks a rule, naming the rule.
+    """
+    path, offset, size = _extent(source)
+    try:
+        with path.open("rb") as stream:
+            stream.seek(offset)
+            raw_length = stream.read(_LENGTH.size)
+            if len(raw_length) < _LENGTH.size:
+                raise _damaged(source, "the header is cut short")
+            (length,) = _LENGTH.unpack(raw_length)
+            if length > min(size - _LENGTH.size, _MAX_HEADER_BYTES):
+                raise _damaged(source, f"the header claims {length} bytes")
+            document = json.loads(stream.read(length))
+    except (OSError, ValueError) as err:
+        raise _damaged(source, f"unreadable header: {err}") from err
+    return _checked_header(source, document, _LENGTH.size + length, size)
+
+
+def _extent(source: WeightsSource) -> tuple[Path, int, int]:
+    """The file holding ``source``, and where in it ``source`` starts and ends."""
+    if isinstance(source, FileRegion):
+        return source.path, source.offset, source.size
+    try:
+        return source, 0, source.stat().st_size
+    except OSError as err:
+        raise _damaged(source, err) from err
+
+
+def _checked_header(
+    source: WeightsSource, document: object, data_start: int, size: int
+) -> _Header:
+    if not isinstance(document, dict):
+        raise _damaged(source, "the header is not a JSON object")
+    metadata = document.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise _damaged(source, "the header's __metadata__ is not text to text")
+    entries = tuple(_entry(source, name, spec) for name, spec in document.items())
+    _check_coverage(source, entries, size - data_start)
+    return _Header(entries, metadata, data_start)
+
+
+def _entry(source: WeightsSource, name: str, spec: object) -> _Entry:
+    malformed = f"the header entry {name!r} is malformed or has an unknown dtype"
+    if not isinstance(spec, dict):
+        raise _damaged(source, malformed)
+    try:
+        dtype = _DTYPES[spec["dtype"]]
+        dims, offsets = list(spec["shape"]), list(spec["data_offsets"])
+    except (KeyError, TypeError) as err:
+        raise _damaged(source, malformed) from err
+    if not (_are_counts(dims) and _are_counts(offsets) and len(offsets) == 2):
+        raise _damaged(source, malformed)
+    start, end = offsets
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if start > end or math.prod(dims) * itemsize != end - start:
+        reason = f"the header entry {name!r} spans {end - start} bytes, not its shape's"
+        raise _damaged(source, reason)
+    return _Entry(name, dtype, tuple(dims), start, end)
+
+
+def _are_counts(values: list[object]) -> bool:
+    """Whether every value is a non-negative int (JSON booleans are not)."""
+    return all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    )
+
+
+def _check_coverage(
+    source: WeightsSource, entries: tuple[_Entry, ...], data_bytes: int
+) -> None:
+    """Tensors must tile the data exactly, as the format requires."""
+    position = 0
+    for entry in sorted(entries, key=lambda e: (e.start, e.end)):
+        if entry.start != position:
+            reason = f"the header's offsets overlap or leave a hole at {entry.name!r}"
+            raise _damaged(source, reason)
+        position = entry.end
+    if position != data_bytes:
+        reason = f"the header covers {position} of the {data_bytes} bytes of data"
+        raise _damaged(source, reason)
+
+
+def _mapped_tensors(source: WeightsSource, header: _Header) -> StateDict:
+    """Views of a private mapping of the file, one per header entry."""
+    path, offset, size = _extent(source)
+    end = offset + size
     # shared=False maps the file MAP_PRIVATE: writes to a tensor copy the
-    # page they touch and never reach the file.
+    # page they touch and never reach the file. The mapping starts at the
+    # file's first byte, so a view is as aligned as its offset in the file.
     storage = cast(
         torch.UntypedStorage,
-        torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size),
+        torch.UntypedStorage.from_file(str(path), shared=False, nbytes=end),
     )
-    whole = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,), (1,))
-    tensors = {e.name: _view(whole, e, data_start) for e in entries}
-    logger.debug("mapped %d tensors of %s", len(tensors), path.name)
+    whole = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (end,), (1,))
+    base = offset + header.data_start
+    tensors = {e.name: _view(whole, e, base) for e in header.entries}
+    logger.debug("mapped %d tensors of %s", len(tensors), source)
     return tensors
 
 
-def _layout(stream: BinaryIO) -> tuple[list[_Entry], int]:
-    """The header's entries and the offset where tensor data starts."""
-    (length,) = _LENGTH.unpack(stream.read(_LENGTH.size))
-    header = json.loads(stream.read(length))
-    header.pop("__metadata__", None)
-    entries = [
-        _Entry(
-            name,
-            _DTYPES[spec["dtype"]],
-            tuple(spec["shape"]),
-            spec["data_offsets"][0],
-            spec["data_offsets"][1],
-        )
-        for name, spec in header.items()
-    ]
-    return entries, _LENGTH.size + length
-
-
-def _view(whole: torch.Tensor, entry: _Entry, data_start: int) -> torch.Tensor:
-    raw = whole[data_start + entry.start : data_start + entry.end]
+def _view(whole: torch.Tensor, entry: _Entry, base: int) -> torch.Tensor:
+    raw = whole[base + entry.start : base + entry.end]
     itemsize = torch.empty(0, dtype=entry.dtype).element_size()
-    if (data_start + entry.start) % itemsize:
+    if (base + entry.start) % itemsize:
         # A view cannot start between two elements of its own type; such a
         # tensor (a file written without alignment) is copied.
         raw = raw.clone()
@@ -202,22 +305,7 @@ _DTYPES = {
 }
 
 
-def _header_tensors(path: Path) -> StateDict:
-    """Meta tensors with the shapes and dtypes the header declares."""
-    try:
-        with safe_open(path, framework="pt") as handle:
-            slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
-            return {
-                name: torch.empty(
-                    piece.get_shape(), dtype=_DTYPES[piece.get_dtype()], device="meta"
-                )
-                for name, piece in slices.items()
-            }
-    except _READ_ERRORS as err:
-        raise _damaged(path, err) from err
-
-
-def tensor_names(path: Path) -> list[str]:
+def tensor_names(source: WeightsSource) -> list[str]:
     """The tensor names in a safetensors header, without reading any tensor.
 
     Raises
@@ -235,20 +323,12 @@ def tensor_names(path: Path) -> list[str]:
     ...     sorted(tensor_names(path))
     ['a', 'b']
     """
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return list(handle.keys())
-    except _READ_ERRORS as err:
-        raise _damaged(path, err) from err
+    return [entry.name for entry in read_header(source).entries]
 
 
-def header_metadata(path: Path) -> Mapping[str, str]:
+def header_metadata(source: WeightsSource) -> Mapping[str, str]:
     """The free-text metadata of a safetensors header (``__metadata__``)."""
-    try:
-        with safe_open(path, framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except _READ_ERRORS as err:
-        raise _damaged(path, err) from err
+    return dict(read_header(source).metadata)
 
 
 def write_aligned(
