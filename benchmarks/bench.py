@@ -16,8 +16,11 @@ Four cases, each a median of ``--runs`` runs (at least 5) with min and max:
    primitives (meta construction, ``torch.load(mmap=True)``, ``assign=True``);
 3. per-call overhead of ``load_url`` on a pinned, cached 1 MB model vs a bare
    ``safetensors.torch.load_file`` + ``load_state_dict``, in process;
-4. archive to ready model, into a fresh cache: ``.tar.gz``, ``.tar`` and
-   ``.zip`` written by ``zooload.pack``, vs the bare weights file.
+4. archive to ready model, into a fresh cache: ``.tar.gz``, ``.tar.zst``,
+   ``.tar`` and ``.zip`` written by ``zooload.pack``, vs the bare weights
+   file and vs the decoders alone; from a local file (4a) and over
+   loopback HTTP with a pin (4b) and without (4c), where a tar is unpacked
+   while it downloads.
 
 Prints one table. Figures are wall-clock; nothing here is a test.
 """
@@ -48,7 +51,9 @@ from pathlib import Path
 import support.httpserver as served
 served.CHUNK_SIZE = 4 << 20
 with served.LoopbackServer() as server:
-    print(server.add("/model.bin", Path(sys.argv[1]).read_bytes()), flush=True)
+    for name in sys.argv[1:]:
+        path = Path(name)
+        print(server.add("/" + path.name, path.read_bytes()), flush=True)
     threading.Event().wait()
 """
 
@@ -96,6 +101,17 @@ def timed(action: Callable[[], object], runs: int) -> list[float]:
     return results
 
 
+def serve(paths: list[Path]) -> tuple[subprocess.Popen[str], list[str]]:
+    """Serve ``paths`` from a loopback server in a process of its own."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, *map(str, paths)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    return server, [server.stdout.readline().strip() for _ in paths]
+
+
 def cold_fetch(folder: Path, size: int, runs: int) -> None:
     import torch.hub
 
@@ -106,12 +122,7 @@ def cold_fetch(folder: Path, size: int, runs: int) -> None:
         for _ in range(size // MIB):
             stream.write(torch.randint(0, 256, (MIB,), dtype=torch.uint8).numpy())
     digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(data_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    url = (server.stdout.readline() if server.stdout else "").strip()
+    server, (url,) = serve([data_path])
     try:
 
         def with_zooload() -> None:
@@ -287,44 +298,101 @@ def cache_hit(folder: Path, runs: int) -> None:
     )
 
 
+ARCHIVES = ("model.tar.gz", "model.tar.zst", "model.tar", "model.zip")
+
+
 def archives(folder: Path, size: int, runs: int) -> None:
     import zooload
     from zooload.formats.safetensors_file import write_aligned
 
     layers = max(1, round(size / (LAYER * LAYER * 4)))
+    zooload.register("bench-stack")(stack)
     state = stack(layers).state_dict()
     bare = folder / "model.safetensors"
     if not bare.exists():
         write_aligned(state, bare)
-    for suffix in (".tar.gz", ".tar", ".zip"):
+    for name in ARCHIVES:
         zooload.pack(
-            state,
-            folder / f"model{suffix}",
-            arch="bench-stack",
-            arch_kwargs={"layers": layers},
+            state, folder / name, arch="bench-stack", arch_kwargs={"layers": layers}
         )
     del state
-    zooload.register("bench-stack")(stack)
-    rows = []
-    for name in ("model.tar.gz", "model.tar", "model.zip", bare.name):
-        source = folder / name
-
-        def load(source: Path = source) -> None:
-            with tempfile.TemporaryDirectory(dir=folder) as cache:
-                kwargs = {"arch": stack, "layers": layers} if source == bare else {}
-                model = zooload.load_url(source, cache_dir=cache, **kwargs)
-                with torch.no_grad():
-                    sum(float(p.sum()) for p in model.parameters())
-
-        runs_s = timed(load, runs)
-        rate = size / statistics.median(runs_s) / 1e9
-        rows.append(summary(name, runs_s, f"{rate:.2f} GB/s"))
+    sources = [folder / name for name in (*ARCHIVES, bare.name)]
+    rows = [
+        _archive_row(source.name, source, folder, layers, size, runs)
+        for source in sources
+    ]
+    rows += _decoder_rows(folder, size, runs)
     print_table(
-        f"4. archive to ready model ({size // MIB} MiB), fresh cache each run",
+        f"4a. local archive to ready model ({size // MIB} MiB), fresh cache each run",
         rows,
         "s",
         bare.name,
     )
+    server, urls = serve(sources)
+    digests = [hashlib.sha256(source.read_bytes()).hexdigest() for source in sources]
+    try:
+        for pinned in (True, False):
+            rows = [
+                _archive_row(
+                    source.name,
+                    f"{url}#sha256={digest}" if pinned else url,
+                    folder,
+                    layers,
+                    size,
+                    runs,
+                )
+                for source, url, digest in zip(sources, urls, digests, strict=True)
+            ]
+            print_table(
+                f"4{'b' if pinned else 'c'}. archive over loopback HTTP "
+                f"{'with' if pinned else 'without'} a pin to ready model "
+                f"({size // MIB} MiB), fresh cache each run",
+                rows,
+                "s",
+                bare.name,
+            )
+    finally:
+        server.kill()
+
+
+def _archive_row(
+    name: str, source: Path | str, folder: Path, layers: int, size: int, runs: int
+) -> Row:
+    import zooload
+
+    def load() -> None:
+        with tempfile.TemporaryDirectory(dir=folder) as cache:
+            bare = name.endswith(".safetensors")
+            kwargs = {"arch": stack, "layers": layers} if bare else {}
+            model = zooload.load_url(source, cache_dir=cache, progress=False, **kwargs)
+            with torch.no_grad():
+                sum(float(p.sum()) for p in model.parameters())
+
+    runs_s = timed(load, runs)
+    rate = size / statistics.median(runs_s) / 1e9
+    return summary(name, runs_s, f"{rate:.2f} GB/s")
+
+
+def _decoder_rows(folder: Path, size: int, runs: int) -> list[Row]:
+    """The decoders alone, reading each compressed archive to its end."""
+    from zooload.archive import decoded
+
+    rows = []
+    for name, compression in (("model.tar.gz", "gz"), ("model.tar.zst", "zst")):
+        path = folder / name
+
+        def decode(path: Path = path, compression: str = compression) -> None:
+            with (
+                path.open("rb") as raw,
+                decoded(raw, compression, name=path.name) as data,
+            ):
+                while data.read(MIB):
+                    pass
+
+        runs_s = timed(decode, runs)
+        rate = size / statistics.median(runs_s) / 1e9
+        rows.append(summary(f"decode {name} only", runs_s, f"{rate:.2f} GB/s"))
+    return rows
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import zooload
 import zooload.fetching
@@ -90,3 +91,58 @@ def test_verify_full_finds_and_removes_a_damaged_cached_blob(
 def test_verify_rejects_an_unknown_mode(tmp_path: Path, cache_dir: Path) -> None:
     with pytest.raises(ConfigError, match="verify must be one of"):
         zooload.fetch(tmp_path, cache_dir=cache_dir, verify="sometimes")
+
+
+def _linear() -> torch.nn.Module:
+    return torch.nn.Linear(3, 2)
+
+
+def _packed_folder(tmp_path: Path) -> Path:
+    """A model packed into a plain folder: a manifest and its weights."""
+    zooload.register("records-linear")(_linear)
+    torch.manual_seed(0)
+    return zooload.pack(
+        torch.nn.Linear(3, 2), tmp_path / "model", arch="records-linear"
+    )
+
+
+def test_local_folder_files_are_hashed_once_while_unchanged(
+    tmp_path: Path, cache_dir: Path, hashed: list[Path]
+) -> None:
+    folder = _packed_folder(tmp_path)
+
+    first = zooload.load_url(folder, cache_dir=cache_dir)
+    second = zooload.load_url(folder, cache_dir=cache_dir)
+
+    assert hashed == [folder / "weights.safetensors"]
+    assert torch.equal(first.weight, second.weight)
+
+
+def test_local_folder_file_changed_is_hashed_again_and_refused(
+    tmp_path: Path, cache_dir: Path, hashed: list[Path]
+) -> None:
+    folder = _packed_folder(tmp_path)
+    zooload.load_url(folder, cache_dir=cache_dir)
+    weights = folder / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    status = weights.stat()
+    os.utime(weights, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000))
+
+    with pytest.raises(HashMismatchError, match=r"weights\.safetensors"):
+        zooload.load_url(folder, cache_dir=cache_dir)
+
+    assert hashed == [weights, weights]
+
+
+def test_verify_full_hashes_local_folder_files_every_time(
+    tmp_path: Path, cache_dir: Path, hashed: list[Path]
+) -> None:
+    folder = _packed_folder(tmp_path)
+
+    zooload.load_url(folder, cache_dir=cache_dir)
+    zooload.load_url(folder, cache_dir=cache_dir, verify="full")
+
+    weights = folder / "weights.safetensors"
+    assert hashed == [weights, weights]

@@ -277,16 +277,43 @@ def _local_digest(
     if verify is Verification.RECORDED and recorded is not None:
         logger.debug("%s unchanged since it was hashed; not hashing again", path)
         return recorded, None
+    has_tree = recorded is not None and cache.tree_path(recorded).is_dir()
+    if unpacker is None or has_tree:
+        return local_file_digest(path, cache, Verification.FULL), None
+    status = path.stat()
+    digest, unpacked = unpacker.scan_file(path, source=url)
+    cache.record_digest(path, digest, status.st_size, status.st_mtime_ns)
+    return digest, unpacked
+
+
+def local_file_digest(path: Path, cache: Cache, verify: Verification) -> str:
+    """The sha256 of a local file, hashed only when it changed since last time.
+
+    The digest is recorded with the file's size and modification time;
+    while both are unchanged the record answers, unless ``verify`` is
+    ``FULL``, which always hashes (and records afresh).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder, "w.bin")
+    ...     _ = path.write_bytes(b"abc")
+    ...     cache = Cache.open(pathlib.Path(folder, "cache"))
+    ...     local_file_digest(path, cache, Verification.RECORDED)[:8]
+    'ba7816bf'
+    """
+    if verify is Verification.RECORDED:
+        recorded = cache.recorded_digest(path)
+        if recorded is not None:
+            logger.debug("%s unchanged since it was hashed; not hashing again", path)
+            return recorded
     # The status is taken before hashing: a write during the hashing then
     # leaves a record that no longer matches, never a stale one that does.
     status = path.stat()
-    has_tree = recorded is not None and cache.tree_path(recorded).is_dir()
-    if unpacker is not None and not has_tree:
-        digest, unpacked = unpacker.scan_file(path, source=url)
-    else:
-        digest, unpacked = file_digest(path), None
+    digest = file_digest(path)
     cache.record_digest(path, digest, status.st_size, status.st_mtime_ns)
-    return digest, unpacked
+    return digest
 
 
 def _recheck_blob(cache: Cache, sha256: str) -> None:

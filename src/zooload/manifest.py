@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zooload.errors import FormatError, HashMismatchError, ManifestError
 from zooload.formats import CheckpointFormat, sniff_format
 from zooload.formats.common import WeightsSource, shown_path
-from zooload.hashing import verify_file
+from zooload.hashing import file_digest
 from zooload.trees import TreeFiles
 
 logger = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ def verify_manifest_files(
     source: str | None = None,
     digests: Mapping[str, str] | None = None,
     covered_by_pin: bool = False,
+    hash_file: Callable[[Path], str] = file_digest,
 ) -> None:
     """Check that every file a folder's manifest names exists and hashes right.
 
@@ -234,7 +235,9 @@ def verify_manifest_files(
     stays in its archive (:mod:`zooload.trees`) is covered by the archive's
     own digest once it has been checked here at extraction. With
     ``covered_by_pin`` (the archive matched the caller's pin), only the
-    files' presence is checked: the pin covers their bytes.
+    files' presence is checked: the pin covers their bytes. ``hash_file``
+    gives the digest of a file that is read (a local folder's files come
+    from the digests recorded for them while they are unchanged).
 
     Raises
     ------
@@ -264,10 +267,10 @@ def verify_manifest_files(
         present = path.is_file() or name in files.index.in_place
         if not present:
             raise _absent(manifest, spec, index, label)
+        if known is None and path.is_file() and not covered_by_pin:
+            known = hash_file(path)
         if known is not None and known != spec.sha256:
             raise HashMismatchError(shown, spec.sha256, known, _INCONSISTENT)
-        if known is None and path.is_file() and not covered_by_pin:
-            verify_file(path, spec.sha256, source=shown, hint=_INCONSISTENT)
     logger.debug("verified %d files named by %s", len(manifest.files()), manifest_path)
 
 

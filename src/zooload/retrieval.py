@@ -33,7 +33,7 @@ from zooload.errors import (
     ManifestError,
     StateDictError,
 )
-from zooload.fetching import Blob, fetch_blob, parse_location
+from zooload.fetching import Blob, fetch_blob, local_file_digest, parse_location
 from zooload.formats import (
     PickleTrust,
     StateDict,
@@ -193,7 +193,12 @@ def _unpack(blob: Blob, cache: Cache, options: FetchOptions, *, pinned: bool) ->
     :mod:`zooload.trees`. When the blob matched a pin, that pin covers them.
     """
     if blob.path.is_dir():
-        verify_manifest_files(blob.path)
+        # A local folder's files are hashed once; later loads trust the
+        # digests recorded for them while their size and mtime are unchanged.
+        digest = functools.partial(
+            local_file_digest, cache=cache, verify=options.verify
+        )
+        verify_manifest_files(blob.path, hash_file=digest)
         return blob.path
     if options.verify is Verification.FULL:
         _drop_altered_tree(blob, cache)
