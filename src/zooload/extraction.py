@@ -186,8 +186,9 @@ def _write_tar_member(
         if source is None:
             message = f"cannot read tar member {member.name!r}"
             raise ArchiveError(message)
-        offset = member.offset_data if builder.in_place else None
-        _take_member(source, name, member.size, builder, offset=offset)
+        archive = builder.archive_path if builder.in_place else None
+        at = (archive, member.offset_data) if archive else None
+        _take_member(source, name, member.size, builder, at=at)
     if member.isfile() or member.islnk():
         builder.regular_files.add(name)
     builder.names.add(name)
@@ -224,17 +225,20 @@ def _take_member(
     size: int,
     builder: TreeBuilder,
     *,
-    offset: int | None,
+    at: tuple[Path, int] | None,
     head: bytes | None = None,
 ) -> None:
     """Copy a member into the tree, hashing it, or leave it where it lies.
 
-    ``head`` holds the member's first bytes when the caller read them.
+    ``at`` is the archive file and the member's offset in it, when the
+    member may stay there; ``head`` holds the member's first bytes when the
+    caller read them.
     """
     if head is None:
         head = source.read(min(size, COPY_CHUNK_BYTES))
-    if offset is not None and _is_large_safetensors(head, size):
-        _leave_tar_member(source, head, name, (offset, size), builder)
+    if at is not None and _is_large_safetensors(head, size):
+        archive, offset = at
+        _leave_tar_member(name, archive, (offset, size), builder)
         return
     digest = hashlib.sha256()
     with (builder.root / name).open("xb", buffering=0) as sink:
@@ -247,27 +251,19 @@ def _take_member(
 
 
 def _leave_tar_member(
-    source: IO[bytes], head: bytes, name: str, span: Span, builder: TreeBuilder
+    name: str, archive: Path, span: Span, builder: TreeBuilder
 ) -> None:
     """Record a tar member that stays in the archive, checked as it must be.
 
-    Its bytes are the archive's own: when a pin covers the archive, only
-    its length is checked; otherwise it is hashed, where it lies when the
-    archive is a whole file, or as it streams past.
+    Its bytes are the archive's own: when a pin covers the archive, only the
+    span is checked against the archive's size; otherwise the member is
+    hashed where it lies.
     """
-    offset, size = span
-    if builder.archive_path is not None:
-        _check_span(name, span, builder.archive_bytes)
-        if not builder.covered_by_pin:
-            builder.digests[name] = _span_digest(builder.archive_path, *span, name)
-    else:
-        digest = hashlib.sha256()
-        consumers: list[Push] = [] if builder.covered_by_pin else [digest.update]
-        _stream_member(source.read, head, size, name, consumers)
-        if consumers:
-            builder.digests[name] = digest.hexdigest()
+    _check_span(name, span, builder.archive_bytes)
+    if not builder.covered_by_pin:
+        builder.digests[name] = _span_digest(archive, *span, name)
     builder.embedded[name] = span
-    logger.debug("left %s in place at byte %d of the archive", name, offset)
+    logger.debug("left %s in place at byte %d of the archive", name, span[0])
 
 
 def _check_span(name: str, span: Span, archive_bytes: int | None) -> None:
@@ -342,7 +338,7 @@ def _write_zip_member(
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipped.open(info) as source:
-        _take_member(source, name, info.file_size, builder, offset=None)
+        _take_member(source, name, info.file_size, builder, at=None)
     builder.regular_files.add(name)
 
 
@@ -378,7 +374,7 @@ def _take_zip_candidate(
     with zipped.open(info) as source:
         head = source.read(COPY_CHUNK_BYTES)
         if not _is_large_safetensors(head, size):
-            _take_member(source, name, size, builder, offset=None, head=head)
+            _take_member(source, name, size, builder, at=None, head=head)
             builder.regular_files.add(name)
             return
         if not builder.covered_by_pin and name not in named:
