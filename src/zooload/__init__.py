@@ -10,15 +10,14 @@ from zooload.architectures import register, registered_names
 from zooload.archive import ExtractionLimits
 from zooload.cache_admin import (
     CacheEntry,
-    CorruptBlob,
     PruneResult,
     cache_entries,
     cache_root,
     cache_size,
     prune_cache,
     remove_from_cache,
-    verify_cache,
 )
+from zooload.cache_verification import CorruptBlob, verify_cache
 from zooload.compare import StateDictDiff, diff_state_dicts
 from zooload.conversion import convert
 from zooload.errors import (

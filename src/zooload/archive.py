@@ -37,7 +37,8 @@ from typing import IO, cast
 
 from zooload.cache import Cache
 from zooload.errors import ArchiveError, ConfigError, ZooloadError
-from zooload.extraction import ExtractionLimits, TreeBuilder, extract_tar, extract_zip
+from zooload.extraction import TreeBuilder, extract_tar, extract_zip
+from zooload.member_rules import ExtractionLimits
 from zooload.trees import Span, TreeIndex
 
 logger = logging.getLogger(__name__)

@@ -11,14 +11,13 @@ from typing import Any
 import click
 
 from zooload.cache_admin import (
-    CorruptBlob,
     cache_entries,
     cache_root,
     cache_size,
     prune_cache,
     remove_from_cache,
-    verify_cache,
 )
+from zooload.cache_verification import CorruptBlob, verify_cache
 from zooload.cli_format import (
     human_size,
     parse_size,

@@ -1,11 +1,11 @@
 """Extraction: write an archive's members into a folder, by the safety rules.
 
 A :class:`TreeBuilder` holds one extraction in progress. Every member passes
-the rules below before anything of it is written (:data:`TAR_RULES`, and
-:func:`_check_zip_member` for zips); the member's sha256 is computed while
-it is copied, so that the manifest is checked without reading the files
-again. A tar is read in one forward pass, from a file or from bytes still
-arriving; a zip is read through its central directory.
+the rules of :mod:`zooload.member_rules` before anything of it is written;
+the member's sha256 is computed while it is copied, so that the manifest
+is checked without reading the files again. A tar is read in one forward
+pass, from a file or from bytes still arriving; a zip is read through its
+central directory.
 
 A large safetensors member stored uncompressed (in a plain tar, or stored
 in a zip) is not copied at all when the builder allows it
@@ -25,14 +25,22 @@ import tarfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from zooload.errors import ArchiveError, UnsafeArchiveError
 from zooload.fanout import Fanout, Push
 from zooload.formats.safetensors_file import looks_like_header
 from zooload.hashing import span_digest
-from zooload.trees import TREE_INDEX_NAME, Span
+from zooload.member_rules import (
+    TAR_RULES,
+    ExtractionLimits,
+    check_zip_member,
+    count_member,
+    is_root_folder,
+    safe_name,
+)
+from zooload.trees import Span
 
 logger = logging.getLogger(__name__)
 
@@ -44,33 +52,6 @@ PARALLEL_MEMBER_BYTES = 4 << 20
 _MANIFEST_NAME = "zooload.json"
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _ZIP_LOCAL_MAGIC = b"PK\x03\x04"
-
-
-@dataclass(frozen=True, slots=True)
-class ExtractionLimits:
-    """Bounds on what one archive may extract; see ``SECURITY.md``.
-
-    Attributes
-    ----------
-    max_members
-        Members (files, folders, links) in one archive.
-    max_total_bytes
-        Bytes all members add up to, as their headers declare them.
-    max_ratio
-        Extracted bytes per byte of archive, once more than
-        ``ratio_floor_bytes`` are extracted: model weights compress little
-        (gzip saves about 10 %), a decompression bomb a thousandfold.
-
-    Examples
-    --------
-    >>> ExtractionLimits(max_total_bytes=10 * 1024**3).max_ratio
-    100.0
-    """
-
-    max_members: int = 100_000
-    max_total_bytes: int = 256 * 1024**3
-    max_ratio: float = 100.0
-    ratio_floor_bytes: int = 64 * 1024**2
 
 
 @dataclass(slots=True)
@@ -118,8 +99,8 @@ def extract_tar(stream: IO[bytes], builder: TreeBuilder) -> int:
     count = 0
     with _open_tar(stream, builder) as tar:
         for member in tar:
-            _count_member(member.name, member.size if member.isfile() else 0, builder)
-            if member.isdir() and _is_root_folder(member.name):
+            count_member(member.name, member.size if member.isfile() else 0, builder)
+            if member.isdir() and is_root_folder(member.name):
                 # `tar -C folder -cf model.tar .` starts with the folder itself.
                 continue
             for rule in TAR_RULES:
@@ -145,11 +126,11 @@ def extract_zip(path: Path, builder: TreeBuilder) -> int:
         members = [
             info
             for info in zipped.infolist()
-            if not (info.is_dir() and _is_root_folder(info.filename))
+            if not (info.is_dir() and is_root_folder(info.filename))
         ]
         for info in members:
-            _count_member(info.filename, info.file_size, builder)
-            _check_zip_member(info, builder)
+            count_member(info.filename, info.file_size, builder)
+            check_zip_member(info, builder)
         candidates = [info for info in members if _may_stay_in_place(info, builder)]
         for info in members:
             if info not in candidates:
@@ -170,7 +151,7 @@ def _open_tar(stream: IO[bytes], builder: TreeBuilder) -> tarfile.TarFile:
 def _write_tar_member(
     tar: tarfile.TarFile, member: tarfile.TarInfo, builder: TreeBuilder
 ) -> None:
-    name = _safe_name(member.name)
+    name = safe_name(member.name)
     target = builder.root / name
     logger.debug("extracting %s", name)
     if member.isdir():
@@ -180,7 +161,7 @@ def _write_tar_member(
     if member.issym():
         _link_symbolically(member, name, builder)
     elif member.islnk():
-        _copy_hard_link(_safe_name(member.linkname), name, builder)
+        _copy_hard_link(safe_name(member.linkname), name, builder)
     else:
         source = tar.extractfile(member)
         if source is None:
@@ -330,7 +311,7 @@ def _calling(consumers: Iterable[Push]) -> Push:
 def _write_zip_member(
     zipped: zipfile.ZipFile, info: zipfile.ZipInfo, builder: TreeBuilder
 ) -> None:
-    name = _safe_name(info.filename)
+    name = safe_name(info.filename)
     target = builder.root / name
     logger.debug("extracting %s", name)
     if info.is_dir():
@@ -368,7 +349,7 @@ def _take_zip_candidate(
     by the archive's pin, or else by the manifest's sha256 when the
     manifest names it (``named``), or else by the zip's own CRC-32.
     """
-    name = _safe_name(info.filename)
+    name = safe_name(info.filename)
     size = info.file_size
     (builder.root / name).parent.mkdir(parents=True, exist_ok=True)
     with zipped.open(info) as source:
@@ -446,101 +427,3 @@ def content_prefix(names: Iterable[str]) -> str:
     top = tops.pop()
     is_folder = any(name.startswith(top + "/") for name in listed)
     return top if is_folder else ""
-
-
-def _count_member(name: str, size: int, builder: TreeBuilder) -> None:
-    builder.total_bytes += size
-    builder.members += 1
-    limits = builder.limits
-    if builder.members > limits.max_members:
-        rule = f"more than {limits.max_members} members"
-        raise UnsafeArchiveError(name, rule)
-    if builder.total_bytes > limits.max_total_bytes:
-        rule = f"members add up to more than {limits.max_total_bytes} bytes"
-        raise UnsafeArchiveError(name, rule)
-    if builder.archive_bytes is None:
-        return
-    ratio = builder.total_bytes / max(builder.archive_bytes, 1)
-    inflated = builder.total_bytes > limits.ratio_floor_bytes
-    if inflated and ratio > limits.max_ratio:
-        rule = (
-            f"the archive would inflate to {ratio:.0f} times its size (limit "
-            f"{limits.max_ratio:.0f}x), as a decompression bomb does"
-        )
-        raise UnsafeArchiveError(name, rule)
-
-
-def _is_root_folder(name: str) -> bool:
-    """Whether a folder member names the extraction folder itself (``./``)."""
-    return (
-        not name.startswith(("/", "\\"))
-        and set(name.replace("\\", "/")) <= {".", "/"}
-        and ".." not in name
-    )
-
-
-def _safe_name(name: str) -> str:
-    """Return the member's normalised relative path, or raise if it escapes."""
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(name, "absolute path")
-    parts = [
-        part for part in name.replace("\\", "/").split("/") if part not in {"", "."}
-    ]
-    if ".." in parts:
-        raise UnsafeArchiveError(name, "path leads out of the extraction folder (..)")
-    if not parts:
-        raise UnsafeArchiveError(name, "empty name")
-    if parts == [TREE_INDEX_NAME]:
-        raise UnsafeArchiveError(name, "the name is reserved for zooload's own index")
-    return "/".join(parts)
-
-
-def _check_tar_name(member: tarfile.TarInfo, builder: TreeBuilder) -> None:
-    name = _safe_name(member.name)
-    if name in builder.names and not member.isdir():
-        raise UnsafeArchiveError(member.name, "repeats an earlier member")
-
-
-def _check_tar_type(member: tarfile.TarInfo, builder: TreeBuilder) -> None:
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        rule = "device files, FIFOs and other special members are not allowed"
-        raise UnsafeArchiveError(member.name, rule)
-
-
-def _check_tar_link(member: tarfile.TarInfo, builder: TreeBuilder) -> None:
-    if member.islnk():
-        try:
-            target = _safe_name(member.linkname)
-        except UnsafeArchiveError as err:
-            rule = f"hard link to {member.linkname!r}: {err.rule}"
-            raise UnsafeArchiveError(member.name, rule) from err
-    elif member.issym():
-        if member.linkname.startswith("/"):
-            raise UnsafeArchiveError(member.name, "symbolic link to an absolute path")
-        parent = PurePosixPath(_safe_name(member.name)).parent
-        target = posixpath.normpath(str(parent / member.linkname))
-        if target == ".." or target.startswith("../"):
-            raise UnsafeArchiveError(member.name, "symbolic link points outside")
-    else:
-        return
-    if target not in builder.regular_files:
-        rule = "link target is not a regular file earlier in the archive"
-        raise UnsafeArchiveError(member.name, rule)
-
-
-def _check_zip_member(info: zipfile.ZipInfo, builder: TreeBuilder) -> None:
-    name = _safe_name(info.filename)
-    if name in builder.names:
-        raise UnsafeArchiveError(info.filename, "repeats an earlier member")
-    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-    if is_link:
-        raise UnsafeArchiveError(info.filename, "symbolic links in zip archives")
-    builder.names.add(name)
-
-
-TAR_RULES: tuple[Callable[[tarfile.TarInfo, TreeBuilder], None], ...] = (
-    _check_tar_name,
-    _check_tar_type,
-    _check_tar_link,
-)
-"""Checks every tar member passes before it is written, in order."""

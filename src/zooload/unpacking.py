@@ -45,8 +45,9 @@ from zooload.archive import (
 )
 from zooload.cache import Cache
 from zooload.errors import ZooloadError
-from zooload.extraction import ExtractionLimits, TreeBuilder, extract_tar
+from zooload.extraction import TreeBuilder, extract_tar
 from zooload.hashing import file_digest
+from zooload.member_rules import ExtractionLimits
 from zooload.trees import TREE_INDEX_NAME, Span, TreeIndex
 
 logger = logging.getLogger(__name__)
