@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zooload
-import zooload.fetching
+import zooload.local_files
 import zooload.unpacking
 from support.builders import sha256_of
 from zooload.errors import ConfigError, HashMismatchError
@@ -19,14 +19,14 @@ from zooload.errors import ConfigError, HashMismatchError
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every path that fetching hashes from now on."""
     calls: list[Path] = []
-    original = zooload.fetching.file_digest
+    original = zooload.local_files.file_digest
 
     def counting(path: Path) -> str:
         calls.append(path)
         return original(path)
 
     # Local archives are hashed by the unpacker, beside their extraction.
-    monkeypatch.setattr(zooload.fetching, "file_digest", counting)
+    monkeypatch.setattr(zooload.local_files, "file_digest", counting)
     monkeypatch.setattr(zooload.unpacking, "file_digest", counting)
     return calls
 

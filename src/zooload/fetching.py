@@ -28,7 +28,8 @@ from zooload.errors import (
     HashMismatchError,
     NotCachedError,
 )
-from zooload.hashing import file_digest, normalize_digest, verify_file
+from zooload.hashing import normalize_digest, verify_file
+from zooload.local_files import scanned_digest
 from zooload.partials import PartialDownload, TapFactory
 from zooload.retries import with_retries
 from zooload.settings import (
@@ -252,68 +253,13 @@ def _read_local(
     if not path.is_file():
         message = f"{path} does not exist; check the path."
         raise DownloadError(message, location.url)
-    digest, unpacked = _local_digest(path, cache, verify, unpacker, location.url)
+    digest, unpacked = scanned_digest(path, cache, verify, unpacker, location.url)
     if location.sha256 and digest != location.sha256:
         if unpacked is not None:
             unpacked.discard()
         hint = "Check that the pinned hash belongs to this file."
         raise HashMismatchError(str(path), location.sha256, digest, hint)
     return Blob(path, digest, location.url, in_cache=False, unpacked=unpacked)
-
-
-def _local_digest(
-    path: Path,
-    cache: Cache,
-    verify: Verification,
-    unpacker: Unpacker | None,
-    url: str,
-) -> tuple[str, Unpacking | None]:
-    """The file's digest: recorded, if size and mtime are unchanged, or hashed.
-
-    A file that is hashed is also unpacked meanwhile, when asked for and
-    its last known tree is gone.
-    """
-    recorded = cache.recorded_digest(path)
-    if verify is Verification.RECORDED and recorded is not None:
-        logger.debug("%s unchanged since it was hashed; not hashing again", path)
-        return recorded, None
-    has_tree = recorded is not None and cache.tree_path(recorded).is_dir()
-    if unpacker is None or has_tree:
-        return local_file_digest(path, cache, Verification.FULL), None
-    status = path.stat()
-    digest, unpacked = unpacker.scan_file(path, source=url)
-    cache.record_digest(path, digest, status.st_size, status.st_mtime_ns)
-    return digest, unpacked
-
-
-def local_file_digest(path: Path, cache: Cache, verify: Verification) -> str:
-    """The sha256 of a local file, hashed only when it changed since last time.
-
-    The digest is recorded with the file's size and modification time;
-    while both are unchanged the record answers, unless ``verify`` is
-    ``FULL``, which always hashes (and records afresh).
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> with tempfile.TemporaryDirectory() as folder:
-    ...     path = pathlib.Path(folder, "w.bin")
-    ...     _ = path.write_bytes(b"abc")
-    ...     cache = Cache.open(pathlib.Path(folder, "cache"))
-    ...     local_file_digest(path, cache, Verification.RECORDED)[:8]
-    'ba7816bf'
-    """
-    if verify is Verification.RECORDED:
-        recorded = cache.recorded_digest(path)
-        if recorded is not None:
-            logger.debug("%s unchanged since it was hashed; not hashing again", path)
-            return recorded
-    # The status is taken before hashing: a write during the hashing then
-    # leaves a record that no longer matches, never a stale one that does.
-    status = path.stat()
-    digest = file_digest(path)
-    cache.record_digest(path, digest, status.st_size, status.st_mtime_ns)
-    return digest
 
 
 def _recheck_blob(cache: Cache, sha256: str) -> None:

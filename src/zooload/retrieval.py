@@ -33,13 +33,14 @@ from zooload.errors import (
     ManifestError,
     StateDictError,
 )
-from zooload.fetching import Blob, fetch_blob, local_file_digest, parse_location
+from zooload.fetching import Blob, fetch_blob, parse_location
 from zooload.formats import (
     PickleTrust,
     StateDict,
     read_state_dict,
 )
 from zooload.formats.common import NO_TRUST, WeightsSource
+from zooload.local_files import local_file_digest
 from zooload.manifest import describe, verify_manifest_files
 from zooload.retries import RetryPolicy
 from zooload.settings import (
