@@ -252,10 +252,11 @@ def test_a_tree_opened_as_a_folder_says_to_load_the_archive(
     archive = _packed(tmp_path, ".tar")
     tree = zooload.load(archive, cache_dir=cache_dir).path
 
-    with pytest.raises(
-        ManifestError, match=r"stored in the archive this tree was extracted from"
-    ):
-        zooload.load_url(tree, cache_dir=tmp_path / "other")
+    for action in (zooload.load_url, zooload.fetch):
+        with pytest.raises(
+            ManifestError, match=r"whose weights stay in the archive it came from"
+        ):
+            action(tree, cache_dir=tmp_path / "other")
 
 
 def test_a_damaged_tree_index_says_how_to_recover(

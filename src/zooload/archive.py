@@ -357,7 +357,11 @@ def staged_from(builder: TreeBuilder, count: int) -> StagedTree:
     """The staged tree a finished builder made; its index is written now."""
     TreeIndex(dict(builder.embedded)).write(builder.root)
     return StagedTree(
-        builder.root, count, dict(builder.digests), dict(builder.embedded)
+        builder.root,
+        count,
+        dict(builder.digests),
+        dict(builder.embedded),
+        covered_by_pin=builder.covered_by_pin,
     )
 
 

@@ -77,6 +77,7 @@ class TreeBuilder:
     covered_by_pin: bool = False
     regular_files: set[str] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
+    folders: set[str] = field(default_factory=set)
     members: int = 0
     total_bytes: int = 0
     digests: dict[str, str] = field(default_factory=dict)
@@ -167,8 +168,12 @@ def _write_tar_member(
         if source is None:
             message = f"cannot read tar member {member.name!r}"
             raise ArchiveError(message)
+        # A sparse member's data is stored without its holes, so its bytes
+        # in the archive are not the file: it is always extracted.
         archive = builder.archive_path if builder.in_place else None
         at = (archive, member.offset_data) if archive else None
+        if member.issparse():
+            at = None
         _take_member(source, name, member.size, builder, at=at)
     if member.isfile() or member.islnk():
         builder.regular_files.add(name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from zooload.errors import UnsafeArchiveError
+from zooload.errors import ArchiveError, UnsafeArchiveError
 from zooload.trees import TREE_INDEX_NAME
 
 if TYPE_CHECKING:
@@ -93,15 +93,37 @@ def safe_name(name: str) -> str:
         raise UnsafeArchiveError(name, "path leads out of the extraction folder (..)")
     if not parts:
         raise UnsafeArchiveError(name, "empty name")
-    if parts == [TREE_INDEX_NAME]:
+    if parts[0] == TREE_INDEX_NAME:
         raise UnsafeArchiveError(name, "the name is reserved for zooload's own index")
     return "/".join(parts)
+
+
+def _check_layout(raw: str, name: str, is_folder: bool, builder: TreeBuilder) -> None:
+    """Refuse a member that clashes with earlier ones, file against folder.
+
+    A file and a folder of one name, or a member inside an earlier file,
+    cannot both exist on disk; for members read in place (never written)
+    nothing else would notice. Every folder a member implies is recorded.
+    """
+    parents = [posixpath.dirname(name)]
+    while parents[-1]:
+        parents.append(posixpath.dirname(parents[-1]))
+    if any(parent in builder.names for parent in parents[:-1]):
+        raise UnsafeArchiveError(raw, "lies inside an earlier member that is a file")
+    if is_folder and name in builder.names:
+        raise UnsafeArchiveError(raw, "a folder repeats an earlier file's name")
+    if not is_folder and name in builder.folders:
+        raise UnsafeArchiveError(raw, "a file repeats an earlier folder's name")
+    builder.folders.update(parents[:-1])
+    if is_folder:
+        builder.folders.add(name)
 
 
 def _check_tar_name(member: tarfile.TarInfo, builder: TreeBuilder) -> None:
     name = safe_name(member.name)
     if name in builder.names and not member.isdir():
         raise UnsafeArchiveError(member.name, "repeats an earlier member")
+    _check_layout(member.name, name, member.isdir(), builder)
 
 
 def _check_tar_type(member: tarfile.TarInfo, builder: TreeBuilder) -> None:
@@ -132,13 +154,51 @@ def _check_tar_link(member: tarfile.TarInfo, builder: TreeBuilder) -> None:
 
 
 def check_zip_member(info: zipfile.ZipInfo, builder: TreeBuilder) -> None:
+    """Check a zip member's name, kind, encryption and compression method.
+
+    Raises
+    ------
+    UnsafeArchiveError
+        For an unsafe name or a symbolic link.
+    ArchiveError
+        For a member zooload cannot read (encrypted, or compressed with a
+        method Python's zipfile does not know).
+    """
     name = safe_name(info.filename)
-    if name in builder.names:
+    if name in builder.names or (name in builder.folders and not info.is_dir()):
         raise UnsafeArchiveError(info.filename, "repeats an earlier member")
     is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
     if is_link:
         raise UnsafeArchiveError(info.filename, "symbolic links in zip archives")
-    builder.names.add(name)
+    _check_readable(info)
+    _check_layout(info.filename, name, info.is_dir(), builder)
+    if not info.is_dir():
+        builder.names.add(name)
+
+
+_ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
+
+def _check_readable(info: zipfile.ZipInfo) -> None:
+    if info.flag_bits & 0x1:
+        message = (
+            f"zip member {info.filename!r} is encrypted; zooload reads only "
+            "unencrypted archives. Ask the publisher for an unencrypted one."
+        )
+        raise ArchiveError(message)
+    if info.compress_type not in _ZIP_METHODS and not info.is_dir():
+        known = ", ".join(_ZIP_METHODS.values())
+        message = (
+            f"zip member {info.filename!r} is compressed with method "
+            f"{info.compress_type}, which zooload cannot decode (it reads "
+            f"{known}); re-pack the archive with one of those."
+        )
+        raise ArchiveError(message)
 
 
 TAR_RULES: tuple[Callable[[tarfile.TarInfo, TreeBuilder], None], ...] = (

@@ -50,6 +50,7 @@ from zooload.settings import (
     Verification,
     resolve_options,
 )
+from zooload.trees import TreeIndex
 from zooload.unpacking import Unpacker, finish_unpacking, materialise
 
 logger = logging.getLogger(__name__)
@@ -147,9 +148,16 @@ def fetch(
         verify=verify,
     )
     fetched = fetch_source(url, sha256, cache_dir, options, extract=extract)
-    if fetched.root != fetched.blob.path and fetched.blob.sha256:
+    if fetched.archive is not None and fetched.blob.sha256:
         # The caller gets the folder itself and may expect every file in it.
-        materialise(fetched.root, fetched.blob.path, fetched.cache, fetched.blob.sha256)
+        with evicted_if_unusable(fetched):
+            materialise(
+                fetched.root,
+                fetched.archive,
+                fetched.cache,
+                fetched.blob.sha256,
+                recheck=not fetched.blob.in_cache,
+            )
     return fetched.root
 
 
@@ -194,6 +202,7 @@ def _unpack(blob: Blob, cache: Cache, options: FetchOptions, *, pinned: bool) ->
     :mod:`zooload.trees`. When the blob matched a pin, that pin covers them.
     """
     if blob.path.is_dir():
+        _refuse_bare_tree(blob.path)
         # A local folder's files are hashed once; later loads trust the
         # digests recorded for them while their size and mtime are unchanged.
         digest = functools.partial(
@@ -222,6 +231,17 @@ def _unpack(blob: Blob, cache: Cache, options: FetchOptions, *, pinned: bool) ->
         in_place=True,
         covered_by_pin=pinned,
     )
+
+
+def _refuse_bare_tree(folder: Path) -> None:
+    """A cache tree whose weights stay in its archive is no folder to load."""
+    if TreeIndex.read(folder).in_place:
+        message = (
+            f"{folder} is a tree zooload extracted whose weights stay in the "
+            "archive it came from; load or fetch that archive (its URL or "
+            "file) instead of the folder."
+        )
+        raise ManifestError(message, field="(tree index)")
 
 
 def _check_staged(staged: StagedTree, *, source: str) -> None:

@@ -44,7 +44,7 @@ from zooload.archive import (
     staged_from,
 )
 from zooload.cache import Cache
-from zooload.errors import ZooloadError
+from zooload.errors import ArchiveError, HashMismatchError, ZooloadError
 from zooload.extraction import TreeBuilder, extract_tar
 from zooload.hashing import file_digest
 from zooload.member_rules import ExtractionLimits
@@ -245,33 +245,71 @@ def finish_unpacking(
     )
 
 
-def materialise(tree: Path, archive: Path, cache: Cache, sha256: str) -> None:
+def materialise(
+    tree: Path, archive: Path, cache: Cache, sha256: str, *, recheck: bool = False
+) -> None:
     """Copy the members a tree reads in place out of ``archive``, into the tree.
 
     :func:`zooload.fetch` hands out the folder itself, whose users expect
     every file in it. Each copy is written beside the tree and renamed into
     it, then the index forgets the member, so a concurrent reader sees
-    either the in-place member or the whole file.
+    either the in-place member or the whole file. With ``recheck`` (a local
+    archive, trusted so far by its size and mtime) the archive is hashed
+    first: the copies must come from the bytes the tree was made from.
+
+    Raises
+    ------
+    HashMismatchError
+        When a rechecked archive changed; its stale tree is removed and
+        its new digest recorded, so that the next load starts afresh.
+    ArchiveError
+        When the archive ends before a member does (a damaged file).
     """
     index = TreeIndex.read(tree)
     if not index.in_place:
         return
+    if recheck:
+        _recheck_archive(archive, cache, sha256)
     with cache.locked(sha256):
         index = TreeIndex.read(tree)
         remaining = dict(index.in_place)
-        for name, (offset, size) in index.in_place.items():
+        for name, span in index.in_place.items():
             partial = cache.new_partial_path("member")
-            _copy_span(archive, offset, size, partial)
+            _copy_member(archive, name, span, partial)
             partial.replace(tree / name)
             del remaining[name]
             _rewrite_index(tree, remaining, cache)
     logger.debug("copied %d members of %s into its tree", len(index.in_place), tree)
 
 
-def _copy_span(archive: Path, offset: int, size: int, target: Path) -> None:
-    with archive.open("rb") as source, target.open("xb") as sink:
-        source.seek(offset)
-        _copy_exactly(source.read, sink.write, size)
+def _recheck_archive(archive: Path, cache: Cache, sha256: str) -> None:
+    status = archive.stat()
+    actual = file_digest(archive)
+    if actual == sha256:
+        return
+    cache.evict_tree(sha256)
+    cache.record_digest(archive, actual, status.st_size, status.st_mtime_ns)
+    hint = (
+        "The file was rewritten without changing its size or modification "
+        "time since it was loaded; fetch it again."
+    )
+    raise HashMismatchError(str(archive), sha256, actual, hint)
+
+
+def _copy_member(archive: Path, name: str, span: Span, target: Path) -> None:
+    offset, size = span
+    try:
+        with archive.open("rb") as source, target.open("xb") as sink:
+            source.seek(offset)
+            _copy_exactly(source.read, sink.write, size)
+    except (EOFError, OSError) as err:
+        target.unlink(missing_ok=True)
+        message = (
+            f"{name} could not be copied out of {archive} ({err}): the archive "
+            "is damaged. Fetch again; a damaged download is removed from the "
+            "cache first, so that the next fetch downloads it anew."
+        )
+        raise ArchiveError(message) from err
 
 
 def _copy_exactly(
