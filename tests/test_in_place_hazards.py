@@ -261,3 +261,26 @@ def test_fetch_from_a_damaged_cached_archive_removes_it_and_says_so(
     assert not blob.exists()
     folder = zooload.fetch(url, cache_dir=cache_dir)
     assert (folder / "weights.safetensors").stat().st_size > WIDTH * WIDTH * 4
+
+
+@pytest.mark.parametrize("damage", ["rewrite", "delete"])
+def test_verify_cache_finds_a_local_archive_its_tree_can_no_longer_read(
+    tmp_path: Path, cache_dir: Path, damage: str
+) -> None:
+    first = _tar_of(_packed_folder(tmp_path, 1), tmp_path / "a.tar", [])
+    second = _tar_of(_packed_folder(tmp_path, 2), tmp_path / "b.tar", [])
+    archive = tmp_path / "m.tar"
+    _same_size_and_mtime(first, archive)
+    tree = zooload.load(archive, cache_dir=cache_dir).path
+    assert zooload.verify_cache(cache_dir=cache_dir) == ()
+    if damage == "rewrite":
+        _same_size_and_mtime(second, archive)
+    else:
+        archive.unlink()
+
+    (found,) = zooload.verify_cache(cache_dir=cache_dir, remove_corrupt=True)
+
+    assert "stay in the local archive" in found.tree_problem
+    assert str(archive.resolve()) in found.tree_problem
+    assert found.removed
+    assert not tree.exists()

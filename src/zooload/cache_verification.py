@@ -27,6 +27,7 @@ from zooload.manifest import (
     read_manifest,
     verify_manifest_files,
 )
+from zooload.trees import TreeIndex
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,32 @@ def verify_cache(
             corrupt.append(CorruptBlob(entry, actual, removed))
             continue
         origin = "the verified blob" if has_blob else "the local archive"
-        problem = _tree_problem(cache.tree_path(entry.sha256), origin=origin)
+        tree = cache.tree_path(entry.sha256)
+        problem = "" if has_blob else _local_archive_problem(tree, entry)
+        problem = problem or _tree_problem(tree, origin=origin)
         if problem:
             removed = remove_corrupt and _remove_tree(cache, entry)
             corrupt.append(CorruptBlob(entry, actual, removed, problem))
     return tuple(corrupt)
+
+
+def _local_archive_problem(tree: Path, entry: CacheEntry) -> str:
+    """Why a local archive's tree can no longer read its in-place members.
+
+    Such members are bytes of the user's archive file: it must still exist
+    and still hash to the tree's name.
+    """
+    if not TreeIndex.read(tree).in_place:
+        return ""
+    for path in map(Path, entry.urls):
+        if path.is_file() and file_digest(path) == entry.sha256:
+            return ""
+    archives = ", ".join(entry.urls) or "an archive no longer recorded"
+    return (
+        f"its weights stay in the local archive ({archives}), which is gone or "
+        "was changed; remove_corrupt=True removes the tree and the next load "
+        "of the archive extracts it again"
+    )
 
 
 def _tree_problem(tree: Path, *, origin: str) -> str:
