@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 import zooload
+from support.builders import cache_files
+from zooload.cli import main
+from zooload.extraction import EMBED_MIN_BYTES
+from zooload.hashing import file_digest
+from zooload.trees import TREE_INDEX_NAME, TreeIndex
 
 
 def test_inspect_summarises_a_training_checkpoint(tmp_path: Path) -> None:
@@ -53,3 +60,38 @@ def test_inspect_long_tables_are_cut(tmp_path: Path) -> None:
     save_file(weights, tmp_path / "w.safetensors")
     text = str(zooload.inspect(tmp_path / "w.safetensors"))
     assert "  ... 10 more" in text
+
+
+def test_inspect_reads_a_tars_weights_in_place_without_copying_them(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = {"proj.weight": torch.ones(512, 512), "proj.bias": torch.zeros(512)}
+    archive = zooload.pack(weights, tmp_path / "big.tar", arch="inspect-unregistered")
+    tree = cache_dir / "trees" / file_digest(archive)
+
+    info = zooload.inspect(archive, cache_dir=cache_dir)
+    assert main(["--cache-dir", str(cache_dir), "inspect", str(archive), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+
+    # Large enough to stay in the archive: only the tree's index names them.
+    assert weights["proj.weight"].nbytes >= EMBED_MIN_BYTES
+    assert cache_files(cache_dir) == [
+        f"trees/{file_digest(archive)}/{name}"
+        for name in (TREE_INDEX_NAME, "zooload.json")
+    ]
+    assert list(TreeIndex.read(tree).in_place) == ["weights.safetensors"]
+    (file,) = info.files
+    assert file.path == tree / "weights.safetensors"
+    assert file.format == "safetensors"
+    assert {t.name: t.shape for t in info.tensors} == {
+        "proj.weight": (512, 512),
+        "proj.bias": (512,),
+    }
+    assert info.bytes_per_dtype == {"float32": (512 * 512 + 512) * 4}
+    assert shown["files"][0]["path"] == str(tree / "weights.safetensors")
+    assert shown["parameters"] == 512 * 512 + 512
+
+    # Reading the copy that fetch() hands out tells the same, to the letter.
+    zooload.fetch(archive, cache_dir=cache_dir)
+    assert (tree / "weights.safetensors").is_file()
+    assert str(zooload.inspect(archive, cache_dir=cache_dir)) == str(info)

@@ -6,6 +6,7 @@ import importlib
 import re
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,10 @@ import zooload
 from zooload.errors import ConfigError
 
 WEIGHTS = {"weight": torch.tensor([[1.0, 2.0]]), "bias": torch.tensor([0.5])}
+
+
+def _linear() -> torch.nn.Linear:
+    return torch.nn.Linear(2, 1)
 
 
 def test_pack_refuses_an_existing_destination_and_keeps_it(tmp_path: Path) -> None:
@@ -138,3 +143,81 @@ def test_pack_tar_zst_without_zstd_says_what_to_install(
         zooload.pack(WEIGHTS, tmp_path / "m.tar.zst", arch="test-pack-linear")
 
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("first_name", "second_name", "magic"),
+    [("a.tar.bz2", "b.tbz2", b"BZh9"), ("a.tar.xz", "b.txz", b"\xfd7zXZ\x00")],
+    ids=["bz2", "xz"],
+)
+def test_pack_tar_bz2_and_xz_load_and_are_reproducible(
+    tmp_path: Path, served: Any, first_name: str, second_name: str, magic: bytes
+) -> None:
+    zooload.register("test-pack-linear-compressed")(_linear)
+    first = zooload.pack(
+        WEIGHTS, tmp_path / first_name, arch="test-pack-linear-compressed"
+    )
+    second = zooload.pack(
+        WEIGHTS, tmp_path / second_name, arch="test-pack-linear-compressed"
+    )
+    url = served.add(first_name, first.read_bytes())
+
+    model = zooload.load_url(url, cache_dir=tmp_path / "cache")
+
+    assert first.read_bytes().startswith(magic)
+    assert first.read_bytes() == second.read_bytes()
+    assert model.state_dict().keys() == WEIGHTS.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in WEIGHTS.items())
+
+
+@pytest.mark.parametrize(
+    ("name", "asked"),
+    [
+        ("m.rar", ".rar"),
+        ("m.7z", ".7z"),
+        ("m.tar.lz4", ".tar.lz4"),
+        ("m.tar.lz", ".tar.lz"),
+        ("m.tar.Z", ".tar.Z"),
+        ("m.tar.br", ".tar.br"),
+        ("m.gz", ".gz"),
+        ("m.bz2", ".bz2"),
+        ("m.xz", ".xz"),
+        ("m.zst", ".zst"),
+        ("M.RAR", ".RAR"),
+    ],
+)
+def test_pack_refuses_archive_suffixes_it_cannot_write_and_writes_nothing(
+    tmp_path: Path, name: str, asked: str
+) -> None:
+    dest = tmp_path / name
+    writable = (
+        ".tar.gz, .tgz, .tar.zst, .tzst, .tar.bz2, .tbz2, .tar.xz, .txz, .tar, .zip"
+    )
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"pack cannot write a {asked} archive ({dest}); end the name with one "
+            f"of {writable}, or with no archive suffix for a folder."
+        ),
+    ):
+        zooload.pack(WEIGHTS, dest, arch="test-pack-linear")
+
+    assert not dest.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["model", "model.v2", "vad.model"])
+def test_pack_names_without_an_archive_suffix_make_a_folder(
+    tmp_path: Path, name: str
+) -> None:
+    dest = zooload.pack(WEIGHTS, tmp_path / name, arch="test-pack-linear")
+
+    assert dest.is_dir()
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "weights.safetensors",
+        "zooload.json",
+    ]
+    loaded = zooload.load_state_dict(dest, cache_dir=tmp_path / "cache")
+    assert loaded.keys() == WEIGHTS.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in WEIGHTS.items())

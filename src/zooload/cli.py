@@ -425,7 +425,9 @@ def pack_command(
 ) -> None:
     """Pack weights into an archive for zooload load; print its path.
 
-    OUT ending in .tar.gz, .tgz or .zip makes an archive, anything else a folder.
+    OUT ending in .zip, .tar, .tar.zst, .tar.gz, .tar.bz2 or .tar.xz (or
+    .tzst, .tgz, .tbz2, .txz) makes an archive, a name without an archive
+    suffix a folder; other archive suffixes (.rar, .7z, ...) are refused.
 
     \b
     Examples:

@@ -21,7 +21,8 @@ from zooload.formats import Checkpoint, PickleTrust, read_checkpoint
 from zooload.formats.common import shown_path
 from zooload.manifest import Manifest, describe
 from zooload.report import collapse_names
-from zooload.retrieval import PathOrUrl, fetch
+from zooload.retrieval import PathOrUrl, fetch_source
+from zooload.settings import resolve_options
 from zooload.unwrap import describe_structure, find_weights, unwrap
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,10 @@ def inspect(
 ) -> CheckpointInfo:
     """Summarise a checkpoint without loading it into a model.
 
+    Only what the summary needs is read. Weights that an archive keeps in
+    place (see "Trees" in ``docs/CACHE.md``) stay there: inspecting a
+    ``.tar`` reads their header from the archive and copies nothing.
+
     Parameters
     ----------
     source
@@ -149,8 +154,10 @@ def inspect(
     ('model', 6)
     """
     trust = PickleTrust(trust_pickle, tuple(allow_globals))
-    root = fetch(source, cache_dir=cache_dir)
-    description = describe(root)
+    # Not the public fetch(): it would copy the weights that a .tar or a
+    # stored .zip keeps in place out of the archive, only to read a header.
+    fetched = fetch_source(source, None, cache_dir, resolve_options())
+    description = describe(fetched.root, archive=fetched.archive)
     files = tuple(
         _file_info(read_checkpoint(path, map_location="meta", trust=trust), key)
         for path in description.weights

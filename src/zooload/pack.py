@@ -10,9 +10,11 @@ The layout is chosen for loading speed (see "Archives that load fast" in
 and a ``.zip`` stores the weights uncompressed, at a 64-byte aligned offset
 (they barely compress, and stored they are read in place from the archive)
 while it deflates the small files. A ``.tar`` is not compressed at all and
-is read in place too. A ``.tar.zst`` and a ``.tar.gz`` are compressed,
-because their names say so; zstd decodes about three times as fast as
-gzip.
+is read in place too. A ``.tar.zst``, ``.tar.gz``, ``.tar.bz2`` and
+``.tar.xz`` are compressed, because their names say so; zstd decodes about
+three times as fast as gzip, and bzip2 and xz are slower still. A name that
+promises an archive of another kind (``.rar``, ``.7z``, a bare ``.gz``) is
+refused before anything is written, rather than taken for a folder.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Final
 
 import torch
 from torch import nn
@@ -52,9 +54,39 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "weights.safetensors"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 EXAMPLES_NAME = "examples.safetensors"
+# Each compressor's own default level, as its command-line tool uses it.
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
+BZIP2_LEVEL = 9
+# Final, so that the type checker sees the literal preset tarfile asks for.
+XZ_PRESET: Final = 6
+# Last suffixes of names that promise an archive pack does not write (also
+# any suffix after ``.tar``). Taken for a folder, ``model.rar`` would be a
+# directory that a publisher could upload without noticing.
+ARCHIVE_LOOKING_SUFFIXES = frozenset(
+    {
+        ".7z",
+        ".br",
+        ".bz",
+        ".bz2",
+        ".gz",
+        ".lz",
+        ".lz4",
+        ".lzma",
+        ".lzo",
+        ".rar",
+        ".tb2",
+        ".tbz",
+        ".tlz",
+        ".tz",
+        ".xz",
+        ".z",
+        ".zst",
+        ".zstd",
+    }
+)
 Inputs = torch.Tensor | Sequence[torch.Tensor]
+Writer = Callable[[Path, Path], None]
 
 
 def pack(
@@ -77,11 +109,14 @@ def pack(
         maps them onto the architecture at load time).
     dest
         ``*.zip`` (weights stored, other files deflated), ``*.tar``,
-        ``*.tar.zst``/``*.tzst`` or ``*.tar.gz``/``*.tgz`` for an archive,
-        any other path for a folder. A ``.zip`` or ``.tar`` loads fastest:
-        the weights are mapped from the archive without a copy. Compression
-        saves under 10 % on weights, and decoding costs time on every first
-        load (zstd about 1 GB/s, gzip about 0.35 GB/s here).
+        ``*.tar.zst``/``*.tzst``, ``*.tar.gz``/``*.tgz``,
+        ``*.tar.bz2``/``*.tbz2`` or ``*.tar.xz``/``*.txz`` for an archive; a
+        name without an archive suffix (``model``, ``model.v2``) for a
+        folder. A ``.zip`` or ``.tar`` loads fastest: the weights are mapped
+        from the archive without a copy. Compression saves under 10 % on
+        weights, and decoding costs time on every first load (zstd about
+        1 GB/s, gzip about 0.35 GB/s here; bzip2 and xz a fraction of gzip's
+        speed).
     arch
         The registered architecture name to record in the manifest.
     arch_kwargs
@@ -105,9 +140,10 @@ def pack(
     Raises
     ------
     ConfigError
-        When the destination exists, the arguments do not form a valid
-        manifest, or a ``.tar.zst`` is asked for and no zstd module is
-        installed.
+        When the destination exists, its name ends in an archive suffix that
+        pack does not write (``.rar``, ``.7z``, ``.tar.lz4``, a bare
+        ``.gz``...), the arguments do not form a valid manifest, or a
+        ``.tar.zst`` is asked for and no zstd module is installed.
     IncompatibleStateDictError
         When example outputs are asked for and the state dict does not fit
         the architecture.
@@ -122,6 +158,7 @@ def pack(
     'vad.tar.gz'
     """
     target = Path(dest)
+    writer = _writer_for(target)
     if target.exists():
         message = f"{target} exists already; remove it or choose another name."
         raise ConfigError(message)
@@ -142,7 +179,7 @@ def pack(
             document["examples"] = _write_examples(model, example_inputs, folder)
         _validated(document)
         (folder / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n")
-        _write_destination(folder, target, staging)
+        _write_destination(folder, target, staging=staging, writer=writer)
     logger.info("packed %s (%d tensors) into %s", arch, len(state_dict), target)
     return target
 
@@ -249,8 +286,9 @@ def _validated(document: dict[str, Any]) -> None:
         raise ConfigError(message) from err
 
 
-def _write_destination(folder: Path, target: Path, staging: str) -> None:
-    writer = _WRITERS.get(_archive_suffix(target))
+def _write_destination(
+    folder: Path, target: Path, *, staging: str, writer: Writer | None
+) -> None:
     if writer is None:
         shutil.copytree(folder, Path(staging, "folder"))
         Path(staging, "folder").rename(target)
@@ -260,12 +298,30 @@ def _write_destination(folder: Path, target: Path, staging: str) -> None:
     partial.replace(target)
 
 
-def _archive_suffix(target: Path) -> str:
+def _writer_for(target: Path) -> Writer | None:
+    """The writer of the archive ``target`` names; None for a folder.
+
+    Raises
+    ------
+    ConfigError
+        When the name ends in an archive suffix that pack does not write.
+    """
     name = target.name.lower()
-    for suffix in _WRITERS:
+    for suffix, writer in _WRITERS.items():
         if name.endswith(suffix):
-            return suffix
-    return ""
+            return writer
+    suffixes = PurePath(target.name).suffixes
+    if suffixes[-2:-1] and suffixes[-2].lower() == ".tar":
+        asked = "".join(suffixes[-2:])
+    elif suffixes[-1:] and suffixes[-1].lower() in ARCHIVE_LOOKING_SUFFIXES:
+        asked = suffixes[-1]
+    else:
+        return None
+    message = (
+        f"pack cannot write a {asked} archive ({target}); end the name with "
+        f"one of {', '.join(_WRITERS)}, or with no archive suffix for a folder."
+    )
+    raise ConfigError(message)
 
 
 def _write_tar_gz(folder: Path, archive: Path) -> None:
@@ -283,6 +339,20 @@ def _write_tar_gz(folder: Path, archive: Path) -> None:
 
 def _write_tar(folder: Path, archive: Path) -> None:
     with tarfile.open(archive, "w") as tar:
+        _add_to_tar(tar, folder)
+
+
+def _write_tar_bz2(folder: Path, archive: Path) -> None:
+    # A bzip2 stream records no name and no time: with the fixed member
+    # metadata, the same weights pack to the same bytes.
+    with tarfile.open(archive, "w:bz2", compresslevel=BZIP2_LEVEL) as tar:
+        _add_to_tar(tar, folder)
+
+
+def _write_tar_xz(folder: Path, archive: Path) -> None:
+    # Python's lzma encoder runs on one thread, and an xz stream records no
+    # time, so the output depends on the input and the preset alone.
+    with tarfile.open(archive, "w:xz", preset=XZ_PRESET) as tar:
         _add_to_tar(tar, folder)
 
 
@@ -351,11 +421,15 @@ def _alignment_extra(header_offset: int, info: zipfile.ZipInfo) -> bytes:
     return struct.pack("<HHH", 0xD935, 2 + padding, ALIGNMENT_BYTES) + bytes(padding)
 
 
-_WRITERS: dict[str, Callable[[Path, Path], None]] = {
+_WRITERS: dict[str, Writer] = {
     ".tar.gz": _write_tar_gz,
     ".tgz": _write_tar_gz,
     ".tar.zst": _write_tar_zst,
     ".tzst": _write_tar_zst,
+    ".tar.bz2": _write_tar_bz2,
+    ".tbz2": _write_tar_bz2,
+    ".tar.xz": _write_tar_xz,
+    ".txz": _write_tar_xz,
     ".tar": _write_tar,
     ".zip": _write_zip,
 }
