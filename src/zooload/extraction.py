@@ -153,12 +153,8 @@ def _write_tar_member(
     tar: tarfile.TarFile, member: tarfile.TarInfo, builder: TreeBuilder
 ) -> None:
     name = safe_name(member.name)
-    target = builder.root / name
-    logger.debug("extracting %s", name)
-    if member.isdir():
-        target.mkdir(parents=True, exist_ok=True)
+    if _made_folder(builder, name, is_folder=member.isdir()):
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     if member.issym():
         _link_symbolically(member, name, builder)
     elif member.islnk():
@@ -178,6 +174,20 @@ def _write_tar_member(
     if member.isfile() or member.islnk():
         builder.regular_files.add(name)
     builder.names.add(name)
+
+
+def _made_folder(builder: TreeBuilder, name: str, *, is_folder: bool) -> bool:
+    """Make a folder member, or the folder a file member goes in.
+
+    Returns whether the member was a folder, and so is done.
+    """
+    target = builder.root / name
+    logger.debug("extracting %s", name)
+    if is_folder:
+        target.mkdir(parents=True, exist_ok=True)
+        return True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def _link_symbolically(
@@ -317,12 +327,8 @@ def _write_zip_member(
     zipped: zipfile.ZipFile, info: zipfile.ZipInfo, builder: TreeBuilder
 ) -> None:
     name = safe_name(info.filename)
-    target = builder.root / name
-    logger.debug("extracting %s", name)
-    if info.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
+    if _made_folder(builder, name, is_folder=info.is_dir()):
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     with zipped.open(info) as source:
         _take_member(source, name, info.file_size, builder, at=None)
     builder.regular_files.add(name)
