@@ -183,11 +183,6 @@ def is_tar_head(head: bytes) -> bool:
     return head[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == b"ustar"
 
 
-def is_zip_head(head: bytes) -> bool:
-    """Whether a file's first bytes start a zip archive."""
-    return head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC))
-
-
 def compression_of(head: bytes) -> str | None:
     """The compression a stream starts with (``"gz"``, ``"zst"``...), if any."""
     for magic, name in _COMPRESSION_MAGIC.items():
