@@ -490,6 +490,30 @@ def test_cli_cache_verify_finds_and_removes_corrupt_blobs(
     assert zooload.cache_entries(cache_dir=run.cache_dir) == ()
 
 
+def test_cli_cache_verify_says_why_a_local_archives_tree_is_corrupt(
+    run: Run, tmp_path: Path
+) -> None:
+    zooload.register("cli-verify-linear")(_wide_linear)
+    archive = zooload.pack(_wide_linear(), tmp_path / "m.tar", arch="cli-verify-linear")
+    zooload.load_url(archive, cache_dir=run.cache_dir)
+    archive.unlink()
+
+    code, out, _ = run("cache", "verify")
+    data = run.json("cache", "verify")
+
+    assert code == 1
+    assert "its tree: its weights stay in the local archive" in out
+    assert "(kept)" in out
+    assert isinstance(data, list)
+    assert "stay in the local archive" in data[0]["tree_problem"]
+
+
+def _wide_linear() -> torch.nn.Module:
+    """A 1 MiB weight: large enough to be read in place from a tar."""
+    torch.manual_seed(0)
+    return torch.nn.Linear(512, 512)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -133,6 +133,8 @@ def _patched_zip(data: bytes, *, flags: int = 0, method: int | None = None) -> b
     [
         (0x1, None, r"'w\.bin' is encrypted"),
         (0, 99, r"'w\.bin' is compressed with method 99"),
+        (0x40, None, r"'w\.bin' is encrypted"),
+        (0x20, None, r"'w\.bin' holds compressed patched data"),
     ],
 )
 def test_zip_members_zipfile_cannot_read_are_clear_errors(

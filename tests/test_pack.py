@@ -221,3 +221,15 @@ def test_pack_names_without_an_archive_suffix_make_a_folder(
     loaded = zooload.load_state_dict(dest, cache_dir=tmp_path / "cache")
     assert loaded.keys() == WEIGHTS.keys()
     assert all(torch.equal(loaded[k], v) for k, v in WEIGHTS.items())
+
+
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pt", "m.PTH", "m.onnx"])
+def test_pack_refuses_a_single_weights_file_name_and_writes_nothing(
+    tmp_path: Path, name: str
+) -> None:
+    dest = tmp_path / name
+
+    with pytest.raises(ConfigError, match=r"not a single \.\w+ file .*convert"):
+        zooload.pack(WEIGHTS, dest, arch="test-pack-linear")
+
+    assert list(tmp_path.iterdir()) == []

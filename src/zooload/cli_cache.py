@@ -155,13 +155,23 @@ def verify_command(session: Session, remove: bool, as_json: bool) -> int:
 
 
 def _corrupt_json(blob: CorruptBlob) -> dict[str, Any]:
-    return {**entry_json(blob.entry), "actual": blob.actual, "removed": blob.removed}
+    return {
+        **entry_json(blob.entry),
+        "actual": blob.actual,
+        "removed": blob.removed,
+        "tree_problem": blob.tree_problem,
+    }
 
 
 def _print_corrupt(corrupt: tuple[CorruptBlob, ...]) -> None:
     for blob in corrupt:
         action = "removed" if blob.removed else "kept"
-        click.echo(f"corrupt {blob.entry.sha256}: hashes to {blob.actual} ({action})")
+        what = (
+            f"its tree: {blob.tree_problem}"
+            if blob.tree_problem
+            else f"hashes to {blob.actual}"
+        )
+        click.echo(f"corrupt {blob.entry.sha256}: {what} ({action})")
     if not corrupt:
         click.echo("every blob is intact")
 

@@ -184,8 +184,19 @@ _ZIP_METHODS = {
 }
 
 
+# Flag bits of a zip member: encrypted (0x1), compressed patched data (0x20),
+# strong encryption (0x40). Python's zipfile reads none of them.
+_UNREADABLE_FLAGS = 0x1 | 0x20 | 0x40
+
+
 def _check_readable(info: zipfile.ZipInfo) -> None:
-    if info.flag_bits & 0x1:
+    if info.flag_bits & 0x20:
+        message = (
+            f"zip member {info.filename!r} holds compressed patched data, which "
+            "zooload cannot read; re-pack the archive with plain members."
+        )
+        raise ArchiveError(message)
+    if info.flag_bits & _UNREADABLE_FLAGS:
         message = (
             f"zip member {info.filename!r} is encrypted; zooload reads only "
             "unencrypted archives. Ask the publisher for an unencrypted one."

@@ -85,6 +85,11 @@ ARCHIVE_LOOKING_SUFFIXES = frozenset(
         ".zstd",
     }
 )
+# Names of single weights files: pack writes a folder or an archive, never
+# one file, so ``model.safetensors`` would be a folder of that name.
+WEIGHTS_FILE_SUFFIXES = frozenset(
+    {".bin", ".ckpt", ".h5", ".onnx", ".pt", ".pth", ".safetensors", ".whl"}
+)
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 Writer = Callable[[Path, Path], None]
 
@@ -304,13 +309,22 @@ def _writer_for(target: Path) -> Writer | None:
     Raises
     ------
     ConfigError
-        When the name ends in an archive suffix that pack does not write.
+        When the name ends in an archive suffix that pack does not write,
+        or in a single weights file's suffix (``.safetensors``, ``.pt``...).
     """
     name = target.name.lower()
     for suffix, writer in _WRITERS.items():
         if name.endswith(suffix):
             return writer
     suffixes = PurePath(target.name).suffixes
+    if suffixes[-1:] and suffixes[-1].lower() in WEIGHTS_FILE_SUFFIXES:
+        message = (
+            f"pack writes a folder or an archive, not a single {suffixes[-1]} "
+            f"file ({target}); end the name with one of {', '.join(_WRITERS)}, "
+            "or with no suffix for a folder. zooload.convert writes a single "
+            "safetensors file."
+        )
+        raise ConfigError(message)
     if suffixes[-2:-1] and suffixes[-2].lower() == ".tar":
         asked = "".join(suffixes[-2:])
     elif suffixes[-1:] and suffixes[-1].lower() in ARCHIVE_LOOKING_SUFFIXES:
