@@ -50,7 +50,7 @@ from zooload.settings import (
     Verification,
     resolve_options,
 )
-from zooload.trees import TreeIndex
+from zooload.trees import TreeIndex, archive_needed
 from zooload.unpacking import Unpacker, finish_unpacking, materialise
 
 logger = logging.getLogger(__name__)
@@ -236,12 +236,7 @@ def _unpack(blob: Blob, cache: Cache, options: FetchOptions, *, pinned: bool) ->
 def _refuse_bare_tree(folder: Path) -> None:
     """A cache tree whose weights stay in its archive is no folder to load."""
     if TreeIndex.read(folder).in_place:
-        message = (
-            f"{folder} is a tree zooload extracted whose weights stay in the "
-            "archive it came from; load or fetch that archive (its URL or "
-            "file) instead of the folder."
-        )
-        raise ManifestError(message, field="(tree index)")
+        raise archive_needed(folder)
 
 
 def _check_staged(staged: StagedTree, *, source: str) -> None:

@@ -85,6 +85,22 @@ class TreeIndex:
         return json.dumps(document, indent=1) + "\n"
 
 
+def archive_needed(tree: Path) -> ManifestError:
+    """The error for a tree used as a folder while its weights stay in place.
+
+    Examples
+    --------
+    >>> archive_needed(Path("t")).field
+    '(tree index)'
+    """
+    message = (
+        f"{tree} is a tree zooload extracted whose weights stay in the "
+        "archive it came from; load or fetch that archive (its URL or file) "
+        "instead of the folder."
+    )
+    return ManifestError(message, field="(tree index)")
+
+
 def _damaged_index(tree: Path, err: Exception) -> ManifestError:
     message = (
         f"the index of the extracted tree {tree} is damaged ({err}); remove the "
@@ -163,10 +179,6 @@ class TreeFiles:
 
     def _region(self, path: Path, span: Span) -> FileRegion:
         if self.archive is None:
-            message = (
-                f"{path} is stored in the archive this tree was extracted from, "
-                "not in the folder; load the archive (its URL or file) instead."
-            )
-            raise ManifestError(message, field="(tree index)")
+            raise archive_needed(self.tree)
         offset, size = span
         return FileRegion(self.archive, offset, size, shown_as=path)

@@ -58,7 +58,8 @@ class Unpacking:
     """What staging an archive beside its read gave: a tree, an error, or neither.
 
     Neither means the bytes were no archive this path unpacks (a bare
-    file, or a zip still downloading); they are looked at again afterwards.
+    file, a plain tar, or a zip still downloading); they are looked at
+    again afterwards.
     """
 
     staged: StagedTree | None = None
